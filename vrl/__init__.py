@@ -1,0 +1,1 @@
+"""vrl: RL from verifiable rewards for vision-language models."""

@@ -1,0 +1,69 @@
+"""Build the run's objects from a composed config: the only place that reads the config tree.
+
+Each group is instantiated by its ``_target_`` and handed to a constructor argument of the same name;
+classes never see the config object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from vrl.lit.loss import Objective
+from vrl.lit.rl_module import RLModule
+from vrl.rewards.combine import RewardSet
+
+
+def _optional(node: Any) -> Any:
+    """``instantiate`` a group that may be switched off (an empty option file or null)."""
+    return instantiate(node) if node else None
+
+
+def build_module(cfg: DictConfig) -> RLModule:
+    """Policy, rollout, rewards, method axes, hooks and data -> the RLModule."""
+    vlm = instantiate(cfg.model)
+    rollout = instantiate(cfg.rollout)
+    objective = Objective(
+        policy_loss=instantiate(cfg.policy_loss),
+        loss_agg=instantiate(cfg.loss_agg),
+        kl=_optional(cfg.kl),
+        entropy_coef=cfg["update"].entropy_coef,
+        temperature=rollout.temperature,
+        kernel_impl=cfg.kernels.impl if cfg.get("kernels") else "torch",
+    )
+    hooks = {name: instantiate(node) for name, node in (cfg.get("hooks") or {}).items() if node}
+    update = {k: v for k, v in cfg["update"].items() if k not in ("entropy_coef", "log_rollouts_every")}
+    return RLModule(
+        model=vlm,
+        rollout=rollout,
+        reward=RewardSet(instantiate(cfg.reward)),
+        advantage=instantiate(cfg.advantage),
+        objective=objective,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=_optional(cfg.get("scheduler")),
+        train_data=instantiate(cfg.data.train),
+        val_data=_optional(cfg.data.get("val")),
+        batch_size=cfg.data_loader.batch_size,
+        val_batch_size=cfg.data_loader.val_batch_size,
+        hooks=hooks,
+        log_rollouts_every=cfg["update"].log_rollouts_every,
+        data_seed=cfg.seed,
+        **update,
+    )
+
+
+def build_trainer(cfg: DictConfig, logger: Any = None, callbacks: list | None = None):
+    """The Lightning Trainer from ``conf/trainer`` plus vrl's checkpoint callback."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(
+        dirpath=f"{cfg.output_dir}/checkpoints",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=cfg.get("ckpt_every", 20),
+    )
+    return instantiate(
+        cfg.trainer, logger=logger if logger is not None else False, callbacks=[ckpt, *(callbacks or [])]
+    )

@@ -1,0 +1,64 @@
+"""Teacher-forced scoring of rollouts: per-token log-probs (and entropy) of the response tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from vrl.types import Rollout
+
+
+def response_logits(
+    model, rollout: Rollout, temperature: float = 1.0, suppress_ids: list[int] | None = None
+) -> torch.Tensor:
+    """Logits [n, L, V] that predict the L response tokens, divided by the sampling temperature.
+
+    Only the last L+1 positions go through the LM head (``logits_to_keep``): prompt positions with image
+    tokens are long and their logits are never used. ``suppress_ids`` (tokens the sampler could not
+    emit) get a large negative logit, matching the sampling distribution.
+    """
+    length = rollout.response_mask.shape[1]
+    out = model(**rollout.model_inputs(), logits_to_keep=length + 1, use_cache=False)
+    logits = out.logits[:, :-1, :]
+    if temperature != 1.0:
+        logits = logits / temperature
+    if suppress_ids:
+        logits = logits.index_fill(-1, torch.tensor(suppress_ids, device=logits.device), -1e9)
+    return logits
+
+
+def token_stats(
+    logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False, impl: str = "torch"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(target) [n, L] and optionally the full-vocabulary entropy [n, L], accumulated in fp32.
+
+    ``impl`` picks the implementation through ``vrl_kernels`` when it is installed (``conf/kernels``);
+    the plain-torch path below is the reference.
+    """
+    if impl != "torch":
+        from vrl.lit.kernel_bridge import token_stats_kernel
+
+        return token_stats_kernel(logits, targets, with_entropy, impl)
+    logp_all = torch.log_softmax(logits.float(), dim=-1)
+    logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy
+
+
+def response_targets(rollout: Rollout) -> torch.Tensor:
+    """The sampled response token ids [n, L]."""
+    return rollout.input_ids[:, rollout.prompt_width :]
+
+
+@torch.no_grad()
+def score_logprobs(
+    model, rollout: Rollout, temperature: float, micro_batch_size: int, impl: str = "torch", suppress_ids=None
+) -> torch.Tensor:
+    """No-grad log-probs [N, L] of a rollout in micro-batches (old policy or reference)."""
+    chunks = []
+    for idx in torch.arange(rollout.num_sequences).split(micro_batch_size):
+        micro = rollout.select(idx)
+        logits = response_logits(model, micro, temperature, suppress_ids)
+        chunks.append(token_stats(logits, response_targets(micro), impl=impl)[0])
+    return torch.cat(chunks) * rollout.response_mask

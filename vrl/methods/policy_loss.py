@@ -1,0 +1,104 @@
+"""Per-token policy-gradient objectives (to be minimised). Shapes: n sequences, L response tokens.
+
+Every function returns the per-token loss [n, L] (un-aggregated; ``loss_agg`` reduces it) and detached
+per-token indicators for statistics. Advantages come as [n] and are broadcast over tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def ppo_clip(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate with asymmetric clip (DAPO's clip-higher) and optional dual clip.
+
+    loss_t = max(-A r_t, -A clip(r_t, 1 - eps_low, 1 + eps_high)); with ``dual_clip`` = c and A < 0 the
+    loss is further capped at -c A (Ye et al., arXiv 1912.09729), so a huge ratio on a bad token cannot
+    dominate the batch.
+
+    Args:
+        logprobs: [n, L] current policy log-probs (carries the gradient).
+        old_logprobs: [n, L] sampling-policy log-probs (detached).
+        advantages: [n] or [n, L].
+        eps_low: lower clip range, ratio >= 1 - eps_low.
+        eps_high: upper clip range, ratio <= 1 + eps_high.
+        dual_clip: c > 1, or None to disable.
+
+    Returns:
+        per-token loss [n, L] and ``{"clipped": [n, L] bool}`` (the clipped branch was active).
+    """
+    adv = advantages if advantages.dim() == 2 else advantages[:, None]
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    loss = torch.maximum(unclipped, clipped)
+    is_clipped = clipped > unclipped
+    if dual_clip is not None:
+        capped = torch.minimum(loss, -adv * dual_clip)
+        loss = torch.where(adv < 0, capped, loss)
+        is_clipped = is_clipped | ((adv < 0) & (loss < torch.maximum(unclipped, clipped)))
+    return loss, {"clipped": is_clipped.detach()}
+
+
+def gspo(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    eps_low: float = 3e-4,
+    eps_high: float = 4e-4,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO (Zheng et al., arXiv 2507.18071): one length-normalised sequence ratio per response.
+
+    s_i = exp(mean_t (logp - old_logp)), computed token-wise as sg[s_i] * exp(logp_t - sg[logp_t]) so the
+    value is the sequence ratio while the gradient is spread evenly over the sequence's tokens.
+    """
+    adv = advantages if advantages.dim() == 1 else advantages[:, 0]
+    mask = response_mask.to(logprobs.dtype)
+    log_ratio = ((logprobs - old_logprobs) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    seq_ratio = torch.exp(log_ratio.detach())[:, None] * torch.exp(logprobs - logprobs.detach())
+    unclipped = -adv[:, None] * seq_ratio
+    clipped = -adv[:, None] * torch.clamp(seq_ratio, 1.0 - eps_low, 1.0 + eps_high)
+    loss = torch.maximum(unclipped, clipped)
+    return loss, {"clipped": (clipped > unclipped).detach()}
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    """Config-facing policy objective (``conf/policy_loss/``).
+
+    Args:
+        kind: ``ppo_clip`` (PPO, arXiv 1707.06347; clip-higher from DAPO, arXiv 2503.14476) or ``gspo``.
+        eps_low: lower clip range (PPO default 0.2; GSPO 3e-4).
+        eps_high: upper clip range (DAPO clip-higher 0.28; GSPO 4e-4).
+        dual_clip: dual-clip constant c > 1 for negative advantages, or null (ppo_clip only).
+    """
+
+    kind: str = "ppo_clip"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ppo_clip", "gspo"):
+            raise ValueError(f"policy_loss.kind={self.kind!r}; choose ppo_clip or gspo")
+        if self.eps_low < 0 or self.eps_high < 0:
+            raise ValueError(f"policy_loss.eps_low/eps_high must be >= 0, got {self.eps_low}/{self.eps_high}")
+        if self.eps_low >= 1:
+            raise ValueError(f"policy_loss.eps_low must be < 1 (ratio floor 1-eps_low > 0), got {self.eps_low}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"policy_loss.dual_clip must be > 1 or null, got {self.dual_clip}")
+
+    def __call__(self, logprobs, old_logprobs, advantages, response_mask):
+        if self.kind == "gspo":
+            return gspo(logprobs, old_logprobs, advantages, response_mask, self.eps_low, self.eps_high)
+        return ppo_clip(logprobs, old_logprobs, advantages, self.eps_low, self.eps_high, self.dual_clip)

@@ -1,0 +1,18 @@
+"""Reward terms: each has ``name``, ``weight`` and ``__call__(responses, samples) -> list[float]``."""
+
+from .accuracy import Accuracy
+from .extract import AnswerExtractor
+from .format import ThinkAnswerFormat
+from .iou import BoxIoU, box_giou, box_iou
+from .length import LengthPenalty, OverlongPenalty
+
+__all__ = [
+    "Accuracy",
+    "AnswerExtractor",
+    "BoxIoU",
+    "LengthPenalty",
+    "OverlongPenalty",
+    "ThinkAnswerFormat",
+    "box_giou",
+    "box_iou",
+]

@@ -1,0 +1,77 @@
+"""Entry point: ``python -m vrl [overrides]`` composes ``conf/train.yaml`` and trains.
+
+Orchestration only: build the objects (``vrl.build``), attach tracking, fit, save the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("vrl")
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train with a composed config; returns the final logged metrics (used by sweeps and tests)."""
+    import lightning as L
+
+    from vrl.build import build_module, build_trainer
+    from vrl.tracking import RolloutTableLogger, dataset_fingerprint, git_commit, log_run_metadata
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = build_module(cfg)
+    logger = None
+    if cfg.get("logger"):
+        from hydra.utils import instantiate
+
+        logger = instantiate(cfg.logger)
+        tags = {"git_commit": git_commit(), "data_fingerprint": dataset_fingerprint(module.train_data)}
+        tags |= _sweep_tags()
+        log_run_metadata(logger, cfg, cfg.output_dir, tags)
+        module.rollout_logger = RolloutTableLogger(logger)
+    trainer = build_trainer(cfg, logger)
+    trainer.fit(module, ckpt_path=cfg.ckpt_path)
+    if cfg.save_policy and trainer.is_global_zero:
+        from vrl.models.loading import save_vlm
+
+        out = Path(cfg.output_dir) / "policy"
+        save_vlm(module.vlm, out, merge_lora=cfg.merge_lora)
+        log.info("saved policy to %s", out)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if logger is not None and trainer.is_global_zero:
+        _print_tracking_hint(logger)
+    return metrics
+
+
+def _sweep_tags() -> dict[str, str]:
+    """Group multirun jobs: one experiment, a ``sweep`` tag naming the sweep directory, the job number."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return {}
+    return {"sweep": hc.sweep.dir, "sweep_job": str(hc.job.num), "overrides": " ".join(hc.overrides.task)}
+
+
+def _print_tracking_hint(logger) -> None:
+    uri = logger._tracking_uri
+    view = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
+    print(f"\n[vrl] run {logger.run_id} logged to {uri}\n[vrl] view it with: {view}\n")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://vrl_conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    metrics = run(cfg)
+    return metrics.get("val/accuracy")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Typed containers passed between loop stages, and the one vocabulary of names they use.
+
+Shapes: B prompts, G samples per prompt, N = B*G sequences, P padded prompt tokens, L padded response tokens.
+
+A data row (what a dataset yields and what reward functions receive as ``sample``) is a plain ``dict``
+with these keys; extra columns are kept and reach the rewards untouched:
+
+    prompt       str        question text with one ``<image>`` placeholder per image
+    images       list[PIL]  the images, in placeholder order
+    answer       str        ground truth, in the form its ``answer_type`` expects
+    answer_type  str        one of ANSWER_TYPES: how accuracy is checked
+    task         str        task family (``color``, ``count``, ``grounding``, ...)
+    format       str        ``yesno`` | ``mc`` | ``open``
+    meta         str        JSON: scene graph and anything a method derives annotations from
+    uid          str        stable id of the row
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+#: How an answer is verified (see ``vrl.rewards.accuracy``).
+ANSWER_TYPES = ("text", "number", "choice", "yesno", "bbox", "math")
+
+#: Per-sequence vision tensors the Qwen-VL family takes; sliced per sequence by ``Rollout.select``.
+VISION_KEYS = ("pixel_values", "image_grid_thw")
+
+
+@dataclass
+class Rollout:
+    """N = B*G sampled sequences and everything later stages attach to them.
+
+    Token tensors are aligned so that ``input_ids[:, P:]`` are the response tokens and
+    ``logprobs[:, t]`` is the log-probability of ``input_ids[:, P + t]``.
+
+    Attributes:
+        input_ids: [N, P+L] prompt (left-padded) followed by response (right-padded).
+        attention_mask: [N, P+L] 1 on real tokens.
+        response_mask: [N, L] 1.0 on valid response tokens (up to and including EOS). This is the
+            *normalisation* mask: loss aggregation divides by it.
+        pixel_values: [sum of patches over the N sequences' images, D] processor output.
+        image_grid_thw: [total images, 3] patch grid per image.
+        images_per_seq: [N] number of images each sequence carries (to slice the vision tensors).
+        group_ids: [N] index of the prompt (0..B-1) each sequence was sampled from.
+        samples: N data rows (dicts), one per sequence (a row repeated G times).
+        responses: N decoded response strings.
+        mm_token_type_ids: [N, P+L] 0 text / 1 image / 2 video per token, when the processor emits it.
+            Qwen-VL needs it to build M-RoPE positions; without it positions silently fall back to 1-D.
+        rewards: [N] weighted total reward.
+        reward_components: name -> [N] unweighted values of each reward term.
+        advantages: [N] sequence-level advantage (broadcast over tokens by the loss).
+        old_logprobs: [N, L] log-probs of the sampling policy (detached).
+        ref_logprobs: [N, L] log-probs of the frozen reference, or None when no KL term is used.
+        loss_mask: [N, L] token-level weights in [0, 1] on the policy-gradient term (hook H9);
+            defaults to ``response_mask``. Kept apart from the normalisation mask on purpose.
+        extras: side signals attached by hooks, each [N] or [N, L] (e.g. VPPO token dependency).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    images_per_seq: torch.Tensor
+    group_ids: torch.Tensor
+    samples: list[dict]
+    responses: list[str]
+    mm_token_type_ids: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    reward_components: dict[str, torch.Tensor] = field(default_factory=dict)
+    advantages: torch.Tensor | None = None
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    loss_mask: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_sequences(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def prompt_width(self) -> int:
+        """P: the padded prompt width (response tokens start here)."""
+        return self.input_ids.shape[1] - self.response_mask.shape[1]
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments for a teacher-forced forward pass of the VLM."""
+        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.mm_token_type_ids is not None:
+            out["mm_token_type_ids"] = self.mm_token_type_ids
+        if self.pixel_values is not None:
+            out["pixel_values"] = self.pixel_values
+            out["image_grid_thw"] = self.image_grid_thw
+        return out
+
+    def select(self, idx: torch.Tensor) -> Rollout:
+        """Rows ``idx`` (a 1-D LongTensor into N) of every per-sequence field, vision tensors included."""
+        idx = idx.to(torch.long).cpu()
+        n = self.num_sequences
+        changes: dict = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in VISION_KEYS or f.name == "images_per_seq":
+                continue
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+                changes[f.name] = value[idx.to(value.device)]
+            elif isinstance(value, dict):
+                changes[f.name] = {k: v[idx.to(v.device)] for k, v in value.items()}
+            elif isinstance(value, list):
+                changes[f.name] = [value[i] for i in idx.tolist()]
+        if self.pixel_values is not None:
+            changes["pixel_values"], changes["image_grid_thw"] = slice_vision(
+                self.pixel_values, self.image_grid_thw, self.images_per_seq, idx
+            )
+        changes["images_per_seq"] = self.images_per_seq[idx.to(self.images_per_seq.device)]
+        return replace(self, **changes)
+
+    def to(self, device: torch.device | str) -> Rollout:
+        """A copy with every tensor on ``device``."""
+        changes: dict = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                changes[f.name] = value.to(device)
+            elif isinstance(value, dict):
+                changes[f.name] = {k: v.to(device) for k, v in value.items()}
+        return replace(self, **changes)
+
+
+def slice_vision(
+    pixel_values: torch.Tensor,
+    image_grid_thw: torch.Tensor,
+    images_per_seq: torch.Tensor,
+    idx: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather the patch rows and grid rows that belong to sequences ``idx``.
+
+    Qwen-VL processors flatten all images' patches into one [sum_i T_i*H_i*W_i, D] tensor, so a
+    sequence's rows are found from cumulative patch counts rather than by plain indexing.
+    """
+    patches_per_image = image_grid_thw.prod(dim=-1)
+    image_start = torch.cumsum(images_per_seq, 0) - images_per_seq
+    patch_start = torch.cumsum(patches_per_image, 0) - patches_per_image
+    image_rows, patch_rows = [], []
+    for i in idx.tolist():
+        first, count = int(image_start[i]), int(images_per_seq[i])
+        for j in range(first, first + count):
+            image_rows.append(j)
+            start = int(patch_start[j])
+            patch_rows.append(torch.arange(start, start + int(patches_per_image[j])))
+    if not image_rows:
+        return pixel_values[:0], image_grid_thw[:0]
+    rows = torch.cat(patch_rows).to(pixel_values.device)
+    return pixel_values[rows], image_grid_thw[torch.tensor(image_rows, device=image_grid_thw.device)]
