@@ -26,6 +26,14 @@ os.environ.update(
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Triton reads TRITON_INTERPRET when a @triton.jit function is defined, and any earlier test may import a
+# module that defines kernels; so CPU runs switch the interpreter on here, before every test module.
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 
 def pytest_collection_modifyitems(config, items):
     import torch

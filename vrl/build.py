@@ -56,8 +56,9 @@ def build_module(cfg: DictConfig) -> RLModule:
 
 def build_trainer(cfg: DictConfig, logger: Any = None, callbacks: list | None = None):
     """The Lightning Trainer from ``conf/trainer`` plus vrl's checkpoint callback."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
+    extra = [TQDMProgressBar(refresh_rate=5)] if cfg.trainer.get("enable_progress_bar", True) else []
     ckpt = ModelCheckpoint(
         dirpath=f"{cfg.output_dir}/checkpoints",
         save_last=True,
@@ -65,5 +66,5 @@ def build_trainer(cfg: DictConfig, logger: Any = None, callbacks: list | None = 
         every_n_train_steps=cfg.get("ckpt_every", 20),
     )
     return instantiate(
-        cfg.trainer, logger=logger if logger is not None else False, callbacks=[ckpt, *(callbacks or [])]
+        cfg.trainer, logger=logger if logger is not None else False, callbacks=[ckpt, *extra, *(callbacks or [])]
     )

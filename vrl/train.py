@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import hydra
@@ -15,10 +16,26 @@ from omegaconf import DictConfig
 log = logging.getLogger("vrl")
 
 
+def _quiet() -> None:
+    """Keep the console to what a user acts on: Lightning logs once (not again through Hydra's root
+    handler), and known-harmless warnings are dropped."""
+    logging.getLogger("lightning.pytorch").propagate = False
+    for message in (
+        r".*isinstance\(treespec, LeafSpec\).*",  # Lightning vs torch pytree deprecation, not ours
+        r".*ModelCheckpoint with manual optimization.*",  # vrl checkpoints after the step on purpose
+        r".*litlogger.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train with a composed config; returns the final logged metrics (used by sweeps and tests)."""
     import lightning as L
 
+    _quiet()
     from vrl.build import build_module, build_trainer
     from vrl.tracking import RolloutTableLogger, dataset_fingerprint, git_commit, log_run_metadata
 

@@ -186,6 +186,7 @@ def sample_scene(
     unique: str = "pair",
     colors: tuple[str, ...] | None = None,
     max_tries: int = 200,
+    radius_fraction: float | None = None,
 ) -> Scene:
     """Place up to ``num_objects`` non-overlapping shapes by rejection sampling.
 
@@ -199,6 +200,8 @@ def sample_scene(
         colors: palette names to draw from (default: all of :data:`PALETTE`).
         max_tries: placement attempts per object. An object that finds no free spot is dropped, so a
             crowded scene can hold fewer objects than asked; answers are always computed from the result.
+        radius_fraction: fixed radius as a fraction of the canvas (size name ``large``) instead of the
+            :data:`SIZES` draw; used to make one shape dominate the image.
 
     Returns:
         The scene, objects in placement order.
@@ -214,8 +217,8 @@ def sample_scene(
         key = {"pair": f"{color} {shape}", "shape": shape, "color": color}[unique]
         if key in used:
             continue
-        size_name = rng.choice(list(SIZES))
-        radius = max(3, round(SIZES[size_name] * size))
+        size_name = rng.choice(list(SIZES)) if radius_fraction is None else "large"
+        radius = max(3, round((radius_fraction or SIZES[size_name]) * size))
         for _ in range(max_tries):
             x = rng.randint(radius + 2, size - radius - 3)
             y = rng.randint(radius + 2, size - radius - 3)

@@ -89,7 +89,20 @@ class PromptSource:
 
 
 class StepTicks(IterableDataset):
-    """Endless 0, 1, 2, ... : Lightning's train loader only paces steps; rows come from PromptSource."""
+    """0, 1, 2, ... : Lightning's train loader only paces steps; rows come from PromptSource.
+
+    Args:
+        length: ticks per Lightning epoch (the run's ``max_steps``, so the progress bar has a total);
+            None is endless. A new epoch simply continues the ticks, so skipped steps never end a run early.
+    """
+
+    def __init__(self, length: int | None = None) -> None:
+        self.length = length
 
     def __iter__(self):
-        return iter(itertools.count())
+        return iter(range(self.length)) if self.length else iter(itertools.count())
+
+    def __len__(self) -> int:
+        if not self.length:
+            raise TypeError("endless StepTicks has no length")
+        return self.length

@@ -56,11 +56,12 @@ class SyntheticSpec:
     difficulties: tuple[int, ...]
     chart_value_labels: bool
     single_color_palette: tuple[str, ...]
+    single_color_radius: float | None = None
 
     def __post_init__(self) -> None:
         # Validate at config-instantiation time rather than at the first row.
         valid_pairs(self.tasks, self.formats)
-        TaskOptions(self.chart_value_labels, self.single_color_palette)
+        TaskOptions(self.chart_value_labels, self.single_color_palette, self.single_color_radius)
         if not self.difficulties or any(d not in (1, 2, 3) for d in self.difficulties):
             raise ValueError(f"difficulties must be a non-empty subset of 1, 2, 3; got {self.difficulties}")
         if self.image_size < 48:
@@ -72,7 +73,7 @@ class SyntheticSpec:
 
     @property
     def options(self) -> TaskOptions:
-        return TaskOptions(self.chart_value_labels, self.single_color_palette)
+        return TaskOptions(self.chart_value_labels, self.single_color_palette, self.single_color_radius)
 
     def digest(self, *extra: object) -> str:
         """Hex hash of the spec (and ``extra``), stable across processes and Python versions."""
@@ -165,6 +166,7 @@ def build_synthetic(
     difficulties: Sequence[int] = (1, 2, 3),
     chart_value_labels: bool = True,
     single_color_palette: Sequence[str] = ("red", "green", "blue"),
+    single_color_radius: float | None = None,
     progress: bool | None = None,
 ) -> datasets.Dataset | SyntheticStream:
     """Build a dataset of synthetic verifiable visual questions (row schema: :mod:`vrl.types`).
@@ -193,6 +195,8 @@ def build_synthetic(
         chart_value_labels: print each bar's value above it, making chart values read rather than
             estimated from heights (harder, and closer to ChartQA, with False).
         single_color_palette: colours of the ``single_color`` task (at least two palette names).
+        single_color_radius: ``single_color`` shape radius as a fraction of the image side (None: the
+            usual sizes). The learning test uses 0.35 so the colour dominates the image.
         progress: show a progress bar while materialising; ``None`` shows one above
             :data:`PROGRESS_MIN_ROWS` rows.
 
@@ -208,6 +212,7 @@ def build_synthetic(
         difficulties=tuple(int(d) for d in difficulties),
         chart_value_labels=bool(chart_value_labels),
         single_color_palette=tuple(str(c) for c in single_color_palette),
+        single_color_radius=single_color_radius,
     )
     if mode == "stream":
         return SyntheticStream(spec, num_samples)

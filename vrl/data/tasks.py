@@ -63,10 +63,14 @@ class TaskOptions:
     Attributes:
         chart_value_labels: print values above bars (read a number) rather than only draw heights.
         single_color_palette: the colours of the ``single_color`` learning-test task.
+        single_color_radius: radius of the ``single_color`` shape as a fraction of the canvas; None draws
+            the usual small/large sizes. A large shape makes colour the dominant image signal, which a
+            randomly initialised tiny vision tower can pick up in a few hundred RL steps.
     """
 
     chart_value_labels: bool = True
     single_color_palette: tuple[str, ...] = DEFAULT_SINGLE_COLORS
+    single_color_radius: float | None = None
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.single_color_palette if c not in PALETTE]
@@ -172,7 +176,7 @@ def _color(rng: random.Random, difficulty: int, size: int, opts: TaskOptions) ->
 def _single_color(rng: random.Random, difficulty: int, size: int, opts: TaskOptions) -> tuple[Scene, Fact]:
     # One object, colour uniform over the palette (sample_scene picks a uniform (colour, shape) pair), and a
     # prompt that never changes: an image-blind policy can do no better than 1 / len(palette).
-    scene = sample_scene(rng, 1, size, colors=opts.single_color_palette)
+    scene = sample_scene(rng, 1, size, colors=opts.single_color_palette, radius_fraction=opts.single_color_radius)
     obj = scene.objects[0]
     space = tuple(opts.single_color_palette)
     return scene, Fact("single_color", {}, obj.color, space, "text", ONE_WORD, [obj.to_dict()])

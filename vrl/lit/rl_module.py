@@ -134,7 +134,8 @@ class RLModule(L.LightningModule):
             ref.to(self.device)
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(StepTicks(), batch_size=None)
+        max_steps = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        return torch.utils.data.DataLoader(StepTicks(max_steps), batch_size=None)
 
     def val_dataloader(self):
         if self.val_data is None:
@@ -157,7 +158,8 @@ class RLModule(L.LightningModule):
     # ----------------------------------------------------------------- the RL step
     def training_step(self, batch: Any, batch_idx: int) -> None:
         t0 = time.perf_counter()
-        self.hooks.on_step_start(self.global_step, self)
+        step = self.global_step  # optimizer steps before this RL step
+        self.hooks.on_step_start(step, self)
         rollout = self.make_rollout()
         t_rollout = time.perf_counter() - t0
         self.score_passes(rollout)
@@ -177,7 +179,6 @@ class RLModule(L.LightningModule):
         self.log("reward", metrics["rollout/reward_mean"], prog_bar=True, logger=False)
         if "train/loss" in metrics:
             self.log("loss", metrics["train/loss"], prog_bar=True, logger=False)
-        step = self.global_step
         if self.rollout_logger and self.log_rollouts_every and step % self.log_rollouts_every == 0:
             self.rollout_logger(rollout, step)
 

@@ -1,0 +1,49 @@
+"""The command line as users type it: ``python -m vrl`` with appended, stacked and swept presets."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FAST = [
+    "logger=none",
+    "save_policy=false",
+    "trainer.max_steps=1",
+    "trainer.limit_val_batches=0",
+    "trainer.enable_progress_bar=false",
+    "data.train.num_samples=16",
+    "data_loader.batch_size=2",
+    "rollout.group_size=2",
+]
+
+
+def _run(args, cwd):
+    env = {**os.environ, "PYTHONPATH": ""}
+    # -P: do not put the working directory on sys.path (a user may run from any folder)
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "vrl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_stacked_presets_into_multirun_dir(tmp_path):
+    out = _run(["--multirun", "+method=grpo,dr_grpo", "seed=1,2", *FAST], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    job_dirs = [p for p in (tmp_path / "multirun").glob("*/*/*") if p.is_dir()]
+    assert sorted(p.name for p in job_dirs) == ["0", "1", "2", "3"]
+    overrides = [(p / ".hydra" / "overrides.yaml").read_text() for p in job_dirs]
+    assert sum("+method=dr_grpo" in o for o in overrides) == 2
+    assert sum("seed=2" in o for o in overrides) == 2
+
+
+@pytest.mark.slow
+def test_stacked_presets_run_and_plain_method_name_suggests_plus(tmp_path):
+    ok = _run(["+method=[grpo,dr_grpo]", *FAST], tmp_path)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    cfg = next(Path(tmp_path, "outputs").glob("*/*/.hydra/config.yaml")).read_text()
+    assert "estimator: group_mean" in cfg  # dr_grpo, listed last, wins the shared advantage axis
+    bad = _run(["method=grpo", *FAST], tmp_path)
+    assert bad.returncode != 0
+    assert "+method=grpo" in bad.stderr
