@@ -40,3 +40,28 @@ def test_select_slices_every_per_sequence_field():
     assert r.images_per_seq.tolist() == [2, 0]
     assert r.pixel_values.shape[0] == 3  # only seq 2's three patch rows
     assert r.prompt_width == 3
+
+
+def test_cat_rollouts_repads_prompts_left_and_responses_right():
+    from vrl.types import cat_rollouts
+
+    a = Rollout(
+        input_ids=torch.tensor([[7, 8, 9]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+        response_mask=torch.ones(1, 1), pixel_values=None, image_grid_thw=None,
+        images_per_seq=torch.tensor([0]), group_ids=torch.tensor([0]), samples=[{}], responses=["a"],
+        rewards=torch.tensor([1.0]), old_logprobs=torch.tensor([[-1.0]]),
+    )  # fmt: skip  # P=2, L=1
+    b = Rollout(
+        input_ids=torch.tensor([[5, 6, 1, 2]]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+        response_mask=torch.ones(1, 3), pixel_values=None, image_grid_thw=None,
+        images_per_seq=torch.tensor([0]), group_ids=torch.tensor([0]), samples=[{}], responses=["b"],
+        rewards=torch.tensor([0.0]), old_logprobs=torch.tensor([[-1.0, -2.0, -3.0]]),
+    )  # fmt: skip  # P=1, L=3
+    c = cat_rollouts([a, b], pad_id=0)
+    # P = max(2, 1) = 2, L = max(1, 3) = 3
+    assert c.input_ids.tolist() == [[7, 8, 9, 0, 0], [0, 5, 6, 1, 2]]
+    assert c.attention_mask.tolist() == [[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]]
+    assert c.response_mask.tolist() == [[1, 0, 0], [1, 1, 1]]
+    assert c.old_logprobs.tolist() == [[-1.0, 0.0, 0.0], [-1.0, -2.0, -3.0]]
+    assert c.group_ids.tolist() == [0, 1]  # second call's group 0 becomes 1
+    assert c.prompt_width == 2

@@ -154,3 +154,60 @@ def slice_vision(
         return pixel_values[:0], image_grid_thw[:0]
     rows = torch.cat(patch_rows).to(pixel_values.device)
     return pixel_values[rows], image_grid_thw[torch.tensor(image_rows, device=image_grid_thw.device)]
+
+
+def _pad_to(t: torch.Tensor, width: int, left: bool, value: float = 0) -> torch.Tensor:
+    pad = width - t.shape[1]
+    if pad == 0:
+        return t
+    filler = torch.full((t.shape[0], pad, *t.shape[2:]), value, dtype=t.dtype, device=t.device)
+    return torch.cat([filler, t] if left else [t, filler], dim=1)
+
+
+def cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Concatenate rollouts drawn in separate generate calls (dynamic-sampling refills).
+
+    Prompt widths P and response widths L differ between calls, so token tensors are re-padded: prompts on
+    the left (as generated), responses on the right. ``group_ids`` are offset to stay unique per prompt.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    p_width = max(r.prompt_width for r in parts)
+    l_width = max(r.response_mask.shape[1] for r in parts)
+
+    def seq(r: Rollout, t: torch.Tensor | None, value: float = 0) -> torch.Tensor | None:
+        if t is None:
+            return None
+        p = r.prompt_width
+        return torch.cat([_pad_to(t[:, :p], p_width, True, value), _pad_to(t[:, p:], l_width, False, value)], 1)
+
+    def resp(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else _pad_to(t, l_width, False) if t.dim() >= 2 else t
+
+    def cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        return None if any(t is None for t in tensors) else torch.cat(tensors)
+
+    offsets, total = [], 0
+    for r in parts:
+        offsets.append(total)
+        total += int(r.group_ids.max()) + 1 if r.num_sequences else 0
+    first = parts[0]
+    return Rollout(
+        input_ids=cat([seq(r, r.input_ids, pad_id) for r in parts]),
+        attention_mask=cat([seq(r, r.attention_mask) for r in parts]),
+        response_mask=cat([resp(r.response_mask) for r in parts]),
+        pixel_values=cat([r.pixel_values for r in parts]),
+        image_grid_thw=cat([r.image_grid_thw for r in parts]),
+        images_per_seq=cat([r.images_per_seq for r in parts]),
+        group_ids=cat([r.group_ids + off for r, off in zip(parts, offsets)]),
+        samples=[s for r in parts for s in r.samples],
+        responses=[s for r in parts for s in r.responses],
+        mm_token_type_ids=cat([seq(r, r.mm_token_type_ids) for r in parts]),
+        rewards=cat([r.rewards for r in parts]),
+        reward_components={k: cat([r.reward_components[k] for r in parts]) for k in first.reward_components},
+        advantages=cat([r.advantages for r in parts]),
+        old_logprobs=cat([resp(r.old_logprobs) for r in parts]),
+        ref_logprobs=cat([resp(r.ref_logprobs) for r in parts]),
+        loss_mask=cat([resp(r.loss_mask) for r in parts]),
+        extras={k: cat([resp(r.extras[k]) for r in parts]) for k in first.extras},
+    )

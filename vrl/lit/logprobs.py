@@ -31,13 +31,16 @@ def token_stats(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(target) [n, L] and optionally the full-vocabulary entropy [n, L], accumulated in fp32.
 
-    ``impl`` picks the implementation through ``vrl_kernels`` when it is installed (``conf/kernels``);
-    the plain-torch path below is the reference.
+    ``impl`` (``conf/kernels``): ``torch`` is the plain path below; ``auto``/``triton`` use ``vrl_kernels``
+    (Triton on CUDA tensors, its reference otherwise).
     """
-    if impl != "torch":
-        from vrl.lit.kernel_bridge import token_stats_kernel
+    if impl != "torch":  # K1: one pass over the vocabulary, forward only (no-grad scoring)
+        from vrl_kernels import vocab_stats
 
-        return token_stats_kernel(logits, targets, with_entropy, impl)
+        if logits.requires_grad:
+            raise ValueError("vrl_kernels.vocab_stats is forward-only; the training loss goes through K3")
+        stats = vocab_stats(logits, targets, impl=impl)
+        return stats.logprob, (stats.entropy if with_entropy else None)
     logp_all = torch.log_softmax(logits.float(), dim=-1)
     logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = None

@@ -35,6 +35,21 @@ class Objective:
     kernel_impl: str = "torch"
     suppress_ids: list[int] | None = None
 
+    def __post_init__(self) -> None:
+        if self.kernel_impl not in ("torch", "auto", "triton"):
+            raise ValueError(f"kernels.impl={self.kernel_impl!r}; choose torch, auto or triton")
+        if self.kernel_impl != "torch":
+            if self.policy_loss.kind != "ppo_clip":
+                raise ValueError(
+                    f"kernels.impl={self.kernel_impl} fuses ppo_clip only; policy_loss.kind is "
+                    f"{self.policy_loss.kind!r}: use kernels=torch"
+                )
+            if self.kl is not None and self.kl.coef > 0 and self.kl.estimator != "k3":
+                raise ValueError(
+                    f"kernels.impl={self.kernel_impl} fuses the k3 KL only; kl.estimator is "
+                    f"{self.kl.estimator!r}: use kernels=torch or kl=k3"
+                )
+
     def __call__(self, model, micro: Rollout, normalizer: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
         """Loss of one micro-batch (already divided by the mini-batch ``normalizer``).
 
@@ -44,9 +59,9 @@ class Objective:
             ``entropy``) for hooks that add loss terms.
         """
         logits = response_logits(model, micro, self.temperature, self.suppress_ids)
-        logprobs, entropy = token_stats(
-            logits, response_targets(micro), with_entropy=self.entropy_coef != 0, impl=self.kernel_impl
-        )
+        if self.kernel_impl != "torch":
+            return self._fused(logits, micro, normalizer)
+        logprobs, entropy = token_stats(logits, response_targets(micro), with_entropy=self.entropy_coef != 0)
         mask = micro.response_mask
         old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         pg, info = self.policy_loss(logprobs, old, micro.advantages, mask)
@@ -67,3 +82,31 @@ class Objective:
             stats["entropy_sum"] = (entropy.detach() * mask).sum()
         loss = self.loss_agg(per_token, mask, normalizer)
         return loss, stats, {"logits": logits, "logprobs": logprobs, "entropy": entropy}
+
+    def _fused(self, logits: torch.Tensor, micro: Rollout, normalizer: torch.Tensor):
+        """The same objective through ``vrl_kernels.masked_grpo_loss`` (K3): one fused pass, forward and
+        backward, with every aggregation mode expressed as token weights over the mini-batch normaliser."""
+        from vrl_kernels import masked_grpo_loss, vocab_stats
+
+        targets, mask = response_targets(micro), micro.response_mask
+        weights = mask
+        if self.loss_agg.mode == "seq_mean_token_mean":  # each sequence's tokens share weight 1 / L_i
+            weights = mask / mask.sum(-1, keepdim=True).clamp(min=1)
+        old = micro.old_logprobs
+        if old is None:  # strictly on-policy: old = current log-probs (ratio 1), read without a graph
+            old = vocab_stats(logits.detach(), targets, impl=self.kernel_impl).logprob * mask
+        loss_mask = micro.loss_mask if micro.loss_mask is not None else mask
+        use_kl = self.kl is not None and self.kl.coef > 0
+        loss, st = masked_grpo_loss(
+            logits, targets, old, micro.advantages, loss_mask, weights, normalizer,
+            ref_logprobs=micro.ref_logprobs if use_kl else None, beta=self.kl.coef if use_kl else 0.0,
+            entropy_coef=self.entropy_coef, eps_low=self.policy_loss.eps_low, eps_high=self.policy_loss.eps_high,
+            dual_clip=self.policy_loss.dual_clip, impl=self.kernel_impl,
+        )  # fmt: skip
+        tokens, kept = mask.sum(), (loss_mask * mask).sum()
+        stats = {"clipped_sum": st["clip_frac"] * kept, "kept_tokens": kept, "tokens": tokens}
+        if use_kl:
+            stats["kl_sum"] = st["kl"] * tokens
+        if self.entropy_coef != 0:
+            stats["entropy_sum"] = st["entropy"] * tokens
+        return loss, stats, {"logits": logits, "logprobs": None, "entropy": None}

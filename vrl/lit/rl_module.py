@@ -32,7 +32,7 @@ from vrl.lit.metrics import rollout_metrics
 from vrl.methods.advantage import Advantage
 from vrl.rewards.combine import RewardSet
 from vrl.rollout.hf import HFRollout, suppressed_token_ids
-from vrl.types import Rollout
+from vrl.types import Rollout, cat_rollouts
 
 
 class RLModule(L.LightningModule):
@@ -162,13 +162,18 @@ class RLModule(L.LightningModule):
         self.hooks.on_step_start(step, self)
         rollout = self.make_rollout()
         t_rollout = time.perf_counter() - t0
+        if rollout.num_sequences == 0:  # every group filtered out, every try: nothing to learn from
+            self.log_dict({**self._sampling_stats, "train/empty_steps": 1.0}, on_step=True)
+            tries = self._sampling_stats["rollout/generate_calls"]
+            self.print(f"[vrl] step {step}: every group filtered out after {tries} generate calls; no update")
+            return
         self.score_passes(rollout)
         rollout.advantages = self.advantage(rollout.rewards, rollout.group_ids).to(self.device)
         rollout.advantages = self.hooks.transform_advantages(rollout, self)
         rollout.loss_mask = self.hooks.token_mask(rollout, self)
         stats = self.update(rollout)
         elapsed = time.perf_counter() - t0
-        metrics = rollout_metrics(rollout) | stats
+        metrics = rollout_metrics(rollout) | stats | self._sampling_stats
         metrics |= {
             "perf/step_time_s": elapsed,
             "perf/rollout_time_s": t_rollout,
@@ -183,14 +188,28 @@ class RLModule(L.LightningModule):
             self.rollout_logger(rollout, step)
 
     def make_rollout(self) -> Rollout:
-        """Prompts -> pre-rollout hooks -> G samples each -> rewards -> post-rollout group filters."""
-        samples = self.hooks.on_prompts(self.prompts.next_batch(), self)
-        rollout = self.rollout_engine.generate(self.vlm, samples)
-        rollout.rewards, rollout.reward_components = self.reward(rollout.responses, rollout.samples)
-        rollout.rewards = rollout.rewards.to(self.device)
-        keep = self.hooks.filter_groups(rollout, self)
-        if keep is not None and not bool(keep.all()):
-            rollout = rollout.select(torch.nonzero(keep.cpu()).squeeze(-1))
+        """Prompts -> pre-rollout hooks -> G samples each -> rewards -> group filters, refilled up to the
+        filters' ``max_tries`` generate calls until B groups survive (DAPO dynamic sampling)."""
+        budget = max([getattr(h, "max_tries", 1) for h in self.hooks.hooks] + [1])
+        kept: list[Rollout] = []
+        groups, tries, drawn = 0, 0, 0
+        while groups < self.batch_size and tries < budget:
+            samples = self.hooks.on_prompts(self.prompts.next_batch(), self)
+            rollout = self.rollout_engine.generate(self.vlm, samples)
+            rollout.rewards, rollout.reward_components = self.reward(rollout.responses, rollout.samples)
+            rollout.rewards = rollout.rewards.to(self.device)
+            drawn += int(rollout.group_ids.unique().numel())
+            keep = self.hooks.filter_groups(rollout, self)
+            if keep is not None:
+                rollout = rollout.select(torch.nonzero(keep.cpu()).squeeze(-1))
+            kept.append(rollout)
+            groups += int(rollout.group_ids.unique().numel())
+            tries += 1
+        rollout = cat_rollouts(kept, self.vlm.processor.tokenizer.pad_token_id)
+        if groups > self.batch_size:  # a refill overshot: keep the first B groups
+            first = rollout.group_ids.unique(sorted=False)[: self.batch_size]
+            rollout = rollout.select(torch.nonzero(torch.isin(rollout.group_ids, first).cpu()).squeeze(-1))
+        self._sampling_stats = {"rollout/kept_group_frac": groups / max(drawn, 1), "rollout/generate_calls": tries}
         return rollout
 
     def score_passes(self, rollout: Rollout) -> None:
@@ -278,7 +297,8 @@ class RLModule(L.LightningModule):
             out["train/loss"] = float(np.mean(losses))
         out["policy/clipfrac"] = totals.get("clipped_sum", 0.0) / max(totals.get("kept_tokens", 0.0), 1.0)
         out["policy/kept_token_frac"] = totals.get("kept_tokens", 0.0) / tokens
-        out["policy/pg_loss_token_mean"] = totals.get("pg_sum", 0.0) / tokens
+        if "pg_sum" in totals:  # the fused kernel path does not split the loss into terms
+            out["policy/pg_loss_token_mean"] = totals["pg_sum"] / tokens
         for key in ("kl", "entropy"):
             if f"{key}_sum" in totals:
                 out[f"policy/{key}" if key != "kl" else "policy/kl_ref"] = totals[f"{key}_sum"] / tokens
@@ -304,7 +324,7 @@ class RLModule(L.LightningModule):
             "rng": {
                 "torch": torch.get_rng_state(),
                 "python": random.getstate(),
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_rng_state(),
             },
         }
 
@@ -325,5 +345,12 @@ class RLModule(L.LightningModule):
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        name, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         self._pending_state = None
+
+
+def _numpy_rng_state() -> tuple:
+    """NumPy's global RNG state with the key array as a tensor: checkpoints load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)

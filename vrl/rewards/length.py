@@ -11,12 +11,15 @@ class OverlongPenalty:
 
     Args:
         max_len: the expected maximum response length (usually ``rollout.max_new_tokens``).
-        cache_len: width of the soft-penalty window before ``max_len``.
+        cache_len: width of the soft-penalty window before ``max_len``; None = 20% of ``max_len`` (DAPO's
+            4096 / 20480), at least 1 token.
         weight: weight in the reward sum.
         name: metric name.
     """
 
-    def __init__(self, max_len: int, cache_len: int, weight: float = 1.0, name: str = "overlong") -> None:
+    def __init__(self, max_len: int, cache_len: int | None = None, weight: float = 1.0, name: str = "overlong") -> None:
+        if cache_len is None:
+            cache_len = max(1, round(0.2 * max_len))
         if not 0 < cache_len <= max_len:
             raise ValueError(f"reward.overlong: need 0 < cache_len <= max_len, got {cache_len}, {max_len}")
         self.max_len, self.cache_len, self.weight, self.name = max_len, cache_len, weight, name
