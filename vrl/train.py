@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     _quiet()
     from vrl.build import build_module, build_trainer
     from vrl.tracking import RolloutTableLogger, dataset_fingerprint, git_commit, log_run_metadata
+    from vrl.validate import validate_config
 
+    validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
     logger = None
@@ -85,8 +88,14 @@ def _print_tracking_hint(logger) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://vrl_conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from vrl.validate import ConfigError
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except ConfigError as err:  # a clear one-line message, not a traceback from deep inside
+        print(f"[vrl] config error: {err}", file=sys.stderr)
+        sys.exit(2)
     return metrics.get("val/accuracy")
 
 

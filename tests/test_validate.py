@@ -1,0 +1,45 @@
+"""Bad configs stop at start with a message naming the key."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vrl.validate import ConfigError, validate_config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["+rollout.group_sizee=3"], "rollout.group_sizee"),  # unknown key (struct mode lets + add it)
+        (["rollout.group_size=abc"], "rollout.group_size"),  # wrong type
+        (["rollout.group_size=1"], "rollout.group_size"),  # G < 2
+        (["policy_loss.eps_low=-0.1"], "policy_loss.eps_low"),  # negative clip
+        (["kl=k3", "kl.coef=-1"], "kl.coef"),
+        (["loss_agg.mode=sum"], "loss_agg.mode"),
+        (["+reward.acc2={_target_:vrl.rewards.Accuracy,weight:one}"], "reward.acc2.weight"),
+        (["+method=dapo", "hooks.dynamic_sampling.keys=[correctness]"], "hooks.dynamic_sampling.keys"),
+        (["kernels=triton", "+method=gspo"], "kernels.impl"),
+        (["model.dtype=3"], "model.dtype"),
+    ],
+)
+def test_bad_value_names_the_key(compose, overrides, key, tmp_path):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(compose([*overrides, f"output_dir={tmp_path}"]))
+
+
+def test_default_and_presets_validate(compose):
+    for overrides in ([], ["+method=dapo"], ["+method=[grpo,dr_grpo]"], ["kernels=auto"]):
+        validate_config(compose([*overrides, "output_dir=/tmp/x"]))
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-P", "-m", "vrl", "rollout.group_size=1", "logger=none"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""},
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "[vrl] config error: rollout: rollout.group_size (G) must be >= 2" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was built

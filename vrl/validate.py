@@ -1,0 +1,125 @@
+"""Check a composed config before anything heavy is built (model, data, processes).
+
+A typo or a wrong type should cost a second and name the key, not a minute of model loading followed by a
+traceback from deep inside a constructor. Three passes:
+
+1. every ``_target_`` node binds to its constructor (unknown keys) and plain values match the annotated
+   types (``rollout.group_size=abc``);
+2. the cheap method objects are built, so their own value checks run (G < 2, negative clip, ...);
+3. cross-group rules that no single constructor can see (filters naming reward terms that do not exist,
+   kernel paths that cannot fuse the chosen loss).
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from typing import Any
+
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+CHEAP_GROUPS = ("rollout", "advantage", "policy_loss", "loss_agg", "kl")
+
+
+class ConfigError(ValueError):
+    """A config key has an unknown name, a wrong type or an invalid value; the message names the key."""
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` naming the first offending key, or return silently."""
+    tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    for path, node in _targets(tree):
+        _check_node(path, node)
+    for group in CHEAP_GROUPS:
+        if cfg.get(group):
+            try:
+                instantiate(cfg[group])
+            except Exception as err:  # noqa: BLE001 - re-raised with the key named
+                raise ConfigError(f"{group}: {_root_cause(err)}") from err
+    _check_cross_group(cfg)
+
+
+def _targets(node: Any, path: str = ""):
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield path.lstrip("."), node
+        for key, value in node.items():
+            yield from _targets(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{path}[{i}]")
+
+
+def _check_node(path: str, node: dict) -> None:
+    try:
+        target = get_object(node["_target_"])
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"{path}._target_: cannot import {node['_target_']!r} ({err})") from err
+    signature = inspect.signature(target)
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: skip type checks, keep name checks
+        hints = {}
+    for key, value in node.items():
+        if key.startswith("_"):
+            continue
+        if key not in signature.parameters and not accepts_any:
+            valid = ", ".join(k for k in signature.parameters if k not in ("self", "args", "kwargs"))
+            raise ConfigError(f"{path}.{key}: unknown key for {node['_target_']} (valid: {valid})")
+        if key in hints and not (isinstance(value, dict) and "_target_" in value) and not _matches(value, hints[key]):
+            raise ConfigError(
+                f"{path}.{key}: expected {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
+            )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Conservative type check: only plain scalars and containers are judged; anything else passes."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin in (dict, typing.Mapping) or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _root_cause(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return str(err)
+
+
+def _check_cross_group(cfg: DictConfig) -> None:
+    terms = {name for name, node in (cfg.get("reward") or {}).items() if node}
+    for name, hook in (cfg.get("hooks") or {}).items():
+        for key in (hook or {}).get("keys", []) or []:
+            if key != "reward" and key not in terms:
+                have = ", ".join(["reward", *sorted(terms)])
+                raise ConfigError(f"hooks.{name}.keys: {key!r} is not a configured reward term (have: {have})")
+    impl = cfg.kernels.impl if cfg.get("kernels") else "torch"
+    if impl != "torch" and cfg.policy_loss.get("kind") != "ppo_clip":
+        raise ConfigError(
+            f"kernels.impl={impl}: the fused loss supports policy_loss.kind=ppo_clip only; use kernels=torch"
+        )
+    if impl != "torch" and cfg.get("kl") and cfg.kl.get("estimator") != "k3":
+        raise ConfigError(f"kernels.impl={impl}: the fused loss supports kl.estimator=k3 only; use kernels=torch")
+    if cfg.data_loader.batch_size < 1:
+        raise ConfigError(f"data_loader.batch_size must be >= 1, got {cfg.data_loader.batch_size}")
