@@ -30,21 +30,29 @@ def build_module(cfg: DictConfig) -> RLModule:
         loss_agg=instantiate(cfg.loss_agg),
         kl=_optional(cfg.kl),
         entropy_coef=cfg["update"].entropy_coef,
+        nll_coef=cfg["update"].get("nll_coef", 0.0),
         temperature=rollout.temperature,
         kernel_impl=cfg.kernels.impl if cfg.get("kernels") else "torch",
     )
     hooks = {name: instantiate(node) for name, node in (cfg.get("hooks") or {}).items() if node}
-    update = {k: v for k, v in cfg["update"].items() if k not in ("entropy_coef", "log_rollouts_every")}
+    update = {k: v for k, v in cfg["update"].items() if k not in ("entropy_coef", "nll_coef", "log_rollouts_every")}
+    train_data, val_data = instantiate(cfg.data.train), _optional(cfg.data.get("val"))
+    if cfg.data.get("preflight"):  # drop (or stop on) bad rows before the first step: vrl/data/preflight.py
+        from vrl.data.preflight import run_preflight
+
+        check = {"system_prompt": rollout.system_prompt, "prompt_suffix": rollout.prompt_suffix, **cfg.data.preflight}
+        train_data = run_preflight(train_data, vlm.processor, "train", **check)
+        val_data = None if val_data is None else run_preflight(val_data, vlm.processor, "val", **check)
     return RLModule(
         model=vlm,
         rollout=rollout,
-        reward=RewardSet(instantiate(cfg.reward)),
+        reward=(instantiate(cfg.reward_sandbox) if cfg.get("reward_sandbox") else RewardSet)(instantiate(cfg.reward)),
         advantage=instantiate(cfg.advantage),
         objective=objective,
         optimizer=instantiate(cfg.optimizer),
         scheduler=_optional(cfg.get("scheduler")),
-        train_data=instantiate(cfg.data.train),
-        val_data=_optional(cfg.data.get("val")),
+        train_data=train_data,
+        val_data=val_data,
         batch_size=cfg.data_loader.batch_size,
         val_batch_size=cfg.data_loader.val_batch_size,
         hooks=hooks,

@@ -25,6 +25,7 @@ def _quiet() -> None:
         r".*isinstance\(treespec, LeafSpec\).*",  # Lightning vs torch pytree deprecation, not ours
         r".*ModelCheckpoint with manual optimization.*",  # vrl checkpoints after the step on purpose
         r".*litlogger.*",
+        r".*IterableDataset. has .__len__. defined.*",  # StepTicks: one process, no workers
     ):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(

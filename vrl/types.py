@@ -55,6 +55,9 @@ class Rollout:
         ref_logprobs: [N, L] log-probs of the frozen reference, or None when no KL term is used.
         loss_mask: [N, L] token-level weights in [0, 1] on the policy-gradient term (hook H9);
             defaults to ``response_mask``. Kept apart from the normalisation mask on purpose.
+        norm_mask: [N, L] the tokens loss aggregation averages over, or None for ``response_mask`` (VPPO's
+            published loss keeps top-k-masked tokens in the denominator; its option to normalise by kept
+            tokens sets this to the kept mask).
         extras: side signals attached by hooks, each [N] or [N, L] (e.g. VPPO token dependency).
     """
 
@@ -74,6 +77,7 @@ class Rollout:
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     loss_mask: torch.Tensor | None = None
+    norm_mask: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -209,5 +213,6 @@ def cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         old_logprobs=cat([resp(r.old_logprobs) for r in parts]),
         ref_logprobs=cat([resp(r.ref_logprobs) for r in parts]),
         loss_mask=cat([resp(r.loss_mask) for r in parts]),
+        norm_mask=cat([resp(r.norm_mask) for r in parts]),
         extras={k: cat([resp(r.extras[k]) for r in parts]) for k in first.extras},
     )

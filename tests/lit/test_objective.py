@@ -43,6 +43,7 @@ def _loss_and_grads(vlm, rollout, suppress, impl, mode):
         loss_agg=LossAgg(mode=mode, max_len=3),
         kl=KLPenalty("k3", 0.1),
         entropy_coef=0.01,
+        nll_coef=0.05,
         kernel_impl=impl,
         suppress_ids=suppress,
     )
@@ -74,3 +75,19 @@ def test_unfusable_choices_stop_at_construction():
         Objective(PolicyLoss(kind="gspo", eps_low=3e-4, eps_high=4e-4), LossAgg(), kernel_impl="triton")
     with pytest.raises(ValueError, match="kl.estimator"):
         Objective(PolicyLoss(), LossAgg(), kl=KLPenalty("k2", 0.1), kernel_impl="auto")
+
+
+def test_masked_tokens_get_zero_policy_gradient():
+    # one sequence, three tokens, only the middle one carries the PG term; no KL/entropy/nll terms
+    logits = torch.randn(1, 3, 5, requires_grad=True)
+    targets = torch.tensor([[1, 2, 3]])
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    from vrl.methods.policy_loss import ppo_clip
+
+    pg, _ = ppo_clip(logp, logp.detach() + 0.1, torch.tensor([1.5]), 0.2, 0.28)
+    loss_mask = torch.tensor([[0.0, 1.0, 0.0]])
+    agg = LossAgg("token_mean")
+    agg(pg * loss_mask, torch.ones(1, 3), agg.normalizer(torch.ones(1, 3))).backward()
+    assert torch.count_nonzero(logits.grad[0, 0]) == 0
+    assert torch.count_nonzero(logits.grad[0, 2]) == 0
+    assert torch.count_nonzero(logits.grad[0, 1]) > 0

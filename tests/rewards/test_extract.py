@@ -130,3 +130,13 @@ def test_normalize_text():
     assert normalize_text("Dark-grey") == "dark grey"
     assert normalize_text("Dark-grey", {"grey": "gray"}) == "dark gray"
     assert normalize_text("Light Blue", {"light blue": "cyan"}) == "cyan"
+
+
+def test_first_word_fallback_takes_the_leading_word_without_punctuation():
+    from vrl.rewards.extract import AnswerExtractor
+
+    ex = AnswerExtractor(fallback="first_word")
+    assert ex("red. The shape is round") == "red"
+    assert ex("  Blue xyz") == "Blue"
+    assert ex("") == ""
+    assert ex("<answer>green</answer> red") == "green"  # a tag still wins over the fallback

@@ -22,6 +22,8 @@ class Objective:
         loss_agg: token/sequence averaging (``conf/loss_agg``).
         kl: KL-to-reference term, or None.
         entropy_coef: > 0 adds an entropy bonus (loss -= c*H), < 0 a penalty; 0 skips computing H.
+        nll_coef: adds c * (-log p(y_t)) of the sampled tokens: VPPO's "entropy penalty" (0.06 for 7B), a
+            single-sample estimate of the entropy, which lowers it when c > 0.
         temperature: the sampling temperature (log-probs are scored at the distribution sampled from).
         kernel_impl: ``torch`` or a ``vrl_kernels`` implementation for the vocabulary statistics.
         suppress_ids: token ids the sampler cannot emit (set by the module from the tokenizer).
@@ -31,6 +33,7 @@ class Objective:
     loss_agg: LossAgg
     kl: KLPenalty | None = None
     entropy_coef: float = 0.0
+    nll_coef: float = 0.0
     temperature: float = 1.0
     kernel_impl: str = "torch"
     suppress_ids: list[int] | None = None
@@ -62,7 +65,7 @@ class Objective:
         if self.kernel_impl != "torch":
             return self._fused(logits, micro, normalizer)
         logprobs, entropy = token_stats(logits, response_targets(micro), with_entropy=self.entropy_coef != 0)
-        mask = micro.response_mask
+        mask = micro.norm_mask if micro.norm_mask is not None else micro.response_mask
         old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         pg, info = self.policy_loss(logprobs, old, micro.advantages, mask)
         loss_mask = micro.loss_mask if micro.loss_mask is not None else mask
@@ -77,6 +80,9 @@ class Objective:
             kl = self.kl(logprobs, micro.ref_logprobs)
             per_token = per_token + self.kl.coef * kl
             stats["kl_sum"] = (kl.detach() * mask).sum()
+        if self.nll_coef != 0:
+            per_token = per_token - self.nll_coef * logprobs
+            stats["nll_sum"] = (-logprobs.detach() * mask).sum()
         if entropy is not None:
             per_token = per_token - self.entropy_coef * entropy
             stats["entropy_sum"] = (entropy.detach() * mask).sum()
@@ -88,7 +94,8 @@ class Objective:
         backward, with every aggregation mode expressed as token weights over the mini-batch normaliser."""
         from vrl_kernels import masked_grpo_loss, vocab_stats
 
-        targets, mask = response_targets(micro), micro.response_mask
+        targets = response_targets(micro)
+        mask = micro.norm_mask if micro.norm_mask is not None else micro.response_mask
         weights = mask
         if self.loss_agg.mode == "seq_mean_token_mean":  # each sequence's tokens share weight 1 / L_i
             weights = mask / mask.sum(-1, keepdim=True).clamp(min=1)
@@ -100,7 +107,8 @@ class Objective:
         loss, st = masked_grpo_loss(
             logits, targets, old, micro.advantages, loss_mask, weights, normalizer,
             ref_logprobs=micro.ref_logprobs if use_kl else None, beta=self.kl.coef if use_kl else 0.0,
-            entropy_coef=self.entropy_coef, eps_low=self.policy_loss.eps_low, eps_high=self.policy_loss.eps_high,
+            entropy_coef=self.entropy_coef, nll_coef=self.nll_coef,
+            eps_low=self.policy_loss.eps_low, eps_high=self.policy_loss.eps_high,
             dual_clip=self.policy_loss.dual_clip, impl=self.kernel_impl,
         )  # fmt: skip
         tokens, kept = mask.sum(), (loss_mask * mask).sum()

@@ -55,6 +55,8 @@ class RLModule(L.LightningModule):
         micro_batch_size: sequences per forward/backward (gradient accumulation inside a mini-batch).
         max_grad_norm: gradient clipping norm; None disables clipping (the norm is still logged).
         max_bad_steps: consecutive non-finite losses/gradients tolerated (skipped) before the run stops.
+        max_empty_steps: consecutive RL steps whose groups were all filtered out before the run stops
+            (a filter that can never pass would otherwise stall the run without an optimizer step).
         val_batch_size: prompts per validation batch.
         log_rollouts_every: log a table of sample rollouts every N steps (0 = never).
         data_seed: seed of the prompt order.
@@ -78,6 +80,7 @@ class RLModule(L.LightningModule):
         micro_batch_size: int = 16,
         max_grad_norm: float | None = 1.0,
         max_bad_steps: int = 3,
+        max_empty_steps: int = 200,
         val_batch_size: int = 16,
         log_rollouts_every: int = 0,
         data_seed: int = 0,
@@ -104,9 +107,10 @@ class RLModule(L.LightningModule):
             mini_batch_size,
             micro_batch_size,
         )
-        self.max_grad_norm, self.max_bad_steps = max_grad_norm, max_bad_steps
+        self.max_grad_norm, self.max_bad_steps, self.max_empty_steps = max_grad_norm, max_bad_steps, max_empty_steps
         self.log_rollouts_every = log_rollouts_every
         self.bad_steps = 0
+        self.empty_steps = 0
         self.prompts: PromptSource | None = None
         self._ref: list[torch.nn.Module] = []  # a list so Lightning neither saves nor moves it implicitly
         self.rollout_logger: Callable[[Rollout, int], None] | None = None
@@ -162,10 +166,22 @@ class RLModule(L.LightningModule):
         self.hooks.on_step_start(step, self)
         rollout = self.make_rollout()
         t_rollout = time.perf_counter() - t0
+        if rollout.num_sequences > 0:
+            self.empty_steps = 0
         if rollout.num_sequences == 0:  # every group filtered out, every try: nothing to learn from
             self.log_dict({**self._sampling_stats, "train/empty_steps": 1.0}, on_step=True)
-            tries = self._sampling_stats["rollout/generate_calls"]
-            self.print(f"[vrl] step {step}: every group filtered out after {tries} generate calls; no update")
+            self.empty_steps += 1
+            if self.empty_steps > self.max_empty_steps:
+                raise RuntimeError(
+                    f"group filters dropped every group for {self.empty_steps} RL steps in a row "
+                    f"(update.max_empty_steps={self.max_empty_steps}): check the hooks' keys and bounds"
+                )
+            if self.empty_steps in (1, 10) or self.empty_steps % 100 == 0:
+                tries = self._sampling_stats["rollout/generate_calls"]
+                self.print(
+                    f"[vrl] {self.empty_steps} RL step(s) so far had every group filtered out "
+                    f"(last: {tries} generate calls); no update on those"
+                )
             return
         self.score_passes(rollout)
         rollout.advantages = self.advantage(rollout.rewards, rollout.group_ids).to(self.device)
@@ -180,6 +196,7 @@ class RLModule(L.LightningModule):
             "perf/tokens_per_s": float(rollout.attention_mask.sum()) / elapsed,
             "train/lr": self.optimizers().param_groups[0]["lr"],
         }
+        metrics |= self.reward.pop_stats()
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.num_sequences)
         self.log("reward", metrics["rollout/reward_mean"], prog_bar=True, logger=False)
         if "train/loss" in metrics:
@@ -217,7 +234,7 @@ class RLModule(L.LightningModule):
         temp, mb, impl = self.objective.temperature, self.micro_batch_size, self.objective.kernel_impl
         sup = self.objective.suppress_ids
         steps_per_rollout = self.ppo_epochs * len(self._minibatches(rollout.num_sequences))
-        if steps_per_rollout > 1 or getattr(self.hooks, "needs_old_logprobs", False):
+        if steps_per_rollout > 1 or any(getattr(h, "needs_old_logprobs", False) for h in self.hooks.hooks):
             rollout.old_logprobs = score_logprobs(self.policy, rollout, temp, mb, impl, sup)
         # else: strictly on-policy; the loss uses the current log-probs detached (ratio exactly 1).
         if self.objective.kl is not None and self.objective.kl.coef > 0:
@@ -240,7 +257,8 @@ class RLModule(L.LightningModule):
             shuffle = torch.Generator().manual_seed(self.data_seed * 1_000_003 + self.global_step + epoch)
             for mb_idx in self._minibatches(rollout.num_sequences, shuffle if self.ppo_epochs > 1 else None):
                 mini = rollout.select(mb_idx)
-                normalizer = self.objective.loss_agg.normalizer(mini.response_mask, self.rollout_engine.max_new_tokens)
+                norm_mask = mini.norm_mask if mini.norm_mask is not None else mini.response_mask
+                normalizer = self.objective.loss_agg.normalizer(norm_mask, self.rollout_engine.max_new_tokens)
                 if self.trainer.world_size > 1:  # DDP averages gradients: make the denominator global
                     normalizer = self.trainer.strategy.reduce(normalizer, reduce_op="mean")
                 loss_total = self._accumulate(mini, normalizer, totals)
@@ -299,7 +317,7 @@ class RLModule(L.LightningModule):
         out["policy/kept_token_frac"] = totals.get("kept_tokens", 0.0) / tokens
         if "pg_sum" in totals:  # the fused kernel path does not split the loss into terms
             out["policy/pg_loss_token_mean"] = totals["pg_sum"] / tokens
-        for key in ("kl", "entropy"):
+        for key in ("kl", "entropy", "nll"):
             if f"{key}_sum" in totals:
                 out[f"policy/{key}" if key != "kl" else "policy/kl_ref"] = totals[f"{key}_sum"] / tokens
         return out

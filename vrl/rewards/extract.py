@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Mapping
 
 #: Where the answer span falls back to when neither an answer tag nor ``\\boxed{}`` is present.
-FALLBACKS = ("whole", "last_line", "none")
+FALLBACKS = ("whole", "last_line", "first_word", "none")
 
 # "answer: b", "The final answer is yes", "Option (C)": a lead-in that carries no answer itself.
 _ANSWER_PREFIX = re.compile(
@@ -65,7 +65,9 @@ class AnswerExtractor:
         fallback: What the span is when neither a tag nor a box is present. ``"whole"`` (default): the
             whole stripped response; right for the tiny synthetic tasks, whose prompts ask for a bare
             word and whose untrained policies rarely emit tags. ``"last_line"``: the last non-empty line,
-            for chatty models that end with the answer. ``"none"``: no span, so the response scores 0;
+            for chatty models that end with the answer. ``"first_word"``: the first whitespace-separated
+            word, punctuation stripped, for one-word answers followed by anything (``"red. The shape..."``).
+            ``"none"``: no span, so the response scores 0;
             use it to make the tags mandatory for accuracy.
     """
 
@@ -93,6 +95,9 @@ class AnswerExtractor:
         if self.fallback == "last_line":
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             return lines[-1] if lines else ""
+        if self.fallback == "first_word":
+            words = text.split()
+            return words[0].strip(".,;:!?\"'()") if words else ""
         return None
 
     def __repr__(self) -> str:

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from vrl.methods.vppo import VPPO, scoped_alpha, token_dependency_k3
+
+
+def test_dependency_hand_computed_with_clamps():
+    lp = torch.tensor([[-1.0, -2.0, -1.0, -1.0]])
+    lp_pert = torch.tensor([[-1.0, -1.0, -3.0, -40.0]])
+    s = token_dependency_k3(lp, lp_pert)
+    # d = 0 -> 0; d = 1 -> e - 2 = 0.718282; d = -2 -> e^-2 + 1 = 1.135335;
+    # d = -39 clamps to -20 -> e^-20 + 19 = 19.000000002 -> clamped to 10
+    torch.testing.assert_close(s, torch.tensor([[0.0, math.e - 2, math.exp(-2) + 1, 10.0]]))
+
+
+def test_dependency_is_zero_when_the_image_does_not_matter():
+    lp = torch.randn(3, 5)
+    assert torch.count_nonzero(token_dependency_k3(lp, lp.clone())) == 0
+
+
+def test_alpha_hand_computed_mean_one_and_bounds():
+    # S = [0, 1, 2, 3] -> S_hat = [0, 1/3, 2/3, 1], mu = 0.5
+    # alpha = 0.9 + S_hat * 0.1 / 0.5 = [0.9, 0.9667, 1.0333, 1.1]; mean exactly 1, within [0.9, 0.9 + 0.1/0.5]
+    s = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    alpha = scoped_alpha(s, torch.ones(4, dtype=torch.bool), 0.9, "step", chunk=4)
+    torch.testing.assert_close(alpha, torch.tensor([0.9, 0.9 + 0.2 / 3, 0.9 + 0.4 / 3, 1.1]))
+    torch.testing.assert_close(alpha.mean(), torch.tensor(1.0))
+
+
+def test_alpha_degenerate_range_is_one():
+    alpha = scoped_alpha(torch.full((4,), 0.7), torch.ones(4, dtype=torch.bool), 0.9, "step", chunk=4)
+    assert alpha.tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_beta_min_one_switches_shaping_off():
+    alpha = scoped_alpha(torch.tensor([0.0, 5.0, 1.0]), torch.ones(3, dtype=torch.bool), 1.0, "step", chunk=3)
+    torch.testing.assert_close(alpha, torch.ones(3))
+
+
+def test_published_scope_takes_min_max_over_batch_but_mean_per_micro_batch():
+    # batch S = [0, 1, 2, 3]: S_hat = [0, 1/3, 2/3, 1]; micro-batches of 2: mu = 1/6 and 5/6
+    # first chunk: 0.9 + [0, 1/3] * 0.1 / (1/6) = [0.9, 1.1]; second: 0.9 + [2/3, 1] * 0.1 / (5/6) = [0.98, 1.02]
+    s = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    alpha = scoped_alpha(s, torch.ones(4, dtype=torch.bool), 0.9, "published", chunk=2)
+    torch.testing.assert_close(alpha, torch.tensor([0.9, 1.1, 0.98, 1.02]))
+    micro = scoped_alpha(s, torch.ones(4, dtype=torch.bool), 0.9, "micro", chunk=2)
+    # each chunk normalised on its own range: S_hat [0, 1] and [0, 1], mu 0.5 -> [0.9, 1.1] twice
+    torch.testing.assert_close(micro, torch.tensor([0.9, 1.1, 0.9, 1.1]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [({"rho": 0.0}, "rho"), ({"beta_min": 1.5}, "beta_min"), ({"scale_scope": "global"}, "scale_scope")],
+)
+def test_invalid_knobs_name_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=f"hooks.vppo.{key}"):
+        VPPO(perturbation=None, **kwargs)

@@ -1,0 +1,438 @@
+"""Local RLVR data files (the EasyR1 / verl layout) as vrl rows, with images decoded only when a row is read.
+
+The common layout is one row per question: a question text with one ``<image>`` placeholder per image, an
+answer, and the images as file paths, raw bytes, ``{"bytes", "path"}`` dicts or PIL images (a list column, or
+a single ``image`` column). :func:`load_rlvr` maps it to the row schema of :mod:`vrl.types` and keeps every
+other column untouched, so rewards can read them (PEARL's ``probe_problem``, Perception-R1's
+``visual_key_info``).
+
+Images are stored under a ``datasets.Image`` feature as ``{"bytes", "path"}`` structs: the dataset holds
+resolved paths or compressed bytes (memory-mapped), and a row's PIL images are decoded when the row is read,
+so a 100k-row dataset never holds its pixels in memory.
+
+The loader does not fail on a bad row: most problems (a missing or corrupt image, an over-long prompt) are
+only visible by opening every image, which is :mod:`vrl.data.preflight`'s job, and one broken row should not
+cost the rest of the data. What the loader does see (an image path escaping the data root, a question that is
+not text, an image reference of an unknown kind) it records in the row's ``meta`` under ``load_errors``, and
+the preflight reports it with everything else. The helpers both sides share live here too: how an image
+reference is stored (:func:`image_storage`), resolved inside the root (:func:`resolve_inside`) and opened
+(:func:`open_image`), and the ``meta`` keys and reason codes of what the loader finds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import glob
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import datasets
+from PIL import Image, ImageOps
+
+from vrl.types import ANSWER_TYPES
+
+#: File suffix -> ``datasets`` builder.
+FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+
+#: The columns every vrl row has (:mod:`vrl.types`); the loader writes them, other columns pass through.
+SCHEMA = datasets.Features(
+    {
+        "prompt": datasets.Value("string"),
+        "images": datasets.List(datasets.Image()),
+        "answer": datasets.Value("string"),
+        "answer_type": datasets.Value("string"),
+        "task": datasets.Value("string"),
+        "format": datasets.Value("string"),
+        "meta": datasets.Value("string"),
+        "uid": datasets.Value("string"),
+    }
+)
+
+
+#: ``meta`` keys the loader writes and :mod:`vrl.data.preflight` reads: where a row came from (file, row, the
+#: source column of each field) and what the loader already found wrong with it.
+SOURCE_KEY = "source"
+LOAD_ERRORS_KEY = "load_errors"
+
+#: Reasons an image or a field is bad, found here (the full table: :data:`vrl.data.preflight.REASONS`).
+MISSING_IMAGE = "missing_image"
+CORRUPT_IMAGE = "corrupt_image"
+BAD_IMAGE_REF = "bad_image_ref"
+PATH_ESCAPES_ROOT = "path_escapes_root"
+BAD_TYPE = "bad_type"
+
+
+class BadImage(ValueError):
+    """An image reference that cannot be stored or opened; ``reason`` is one of the reasons above."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Where each schema field comes from in one file (dotted keys reach into struct columns)."""
+
+    question: str
+    answer: str
+    images: str | None
+    id: str | None
+    answer_type: str
+    task: str
+    format: str
+
+
+def load_rlvr(
+    path: str | Sequence[str],
+    data_root: str | None = None,
+    question_key: str = "problem",
+    answer_key: str = "answer",
+    images_key: str = "images",
+    answer_type: str = "math",
+    split: str | None = None,
+    id_key: str | None = "id",
+    task: str = "rlvr",
+    format: str = "open",
+    limit: int | None = None,
+    num_proc: int | None = None,
+) -> datasets.Dataset:
+    """Load local parquet / jsonl / json files in the common RLVR schema as vrl rows (:mod:`vrl.types`).
+
+    Output columns: ``prompt``, ``images`` (list of PIL, decoded on access), ``answer`` (str, or None when
+    missing, for the preflight to catch), ``answer_type``, ``task``, ``format``, ``meta`` (JSON with the source
+    file and row under ``source``), ``uid``; plus every input column that no schema field was read from.
+
+    Args:
+        path: a file, a glob (``/data/*.parquet``) or a folder (every supported file under it), or a list of
+            them. The suffix picks the reader: ``.parquet``, ``.jsonl`` or ``.json`` (JSON lines or one array).
+            Several files are concatenated in order and must have the same columns.
+        data_root: folder that relative image paths resolve against and that every image path must stay
+            inside (``../x.png``, an absolute path elsewhere or a symlink pointing out of it makes the row bad);
+            None uses each data file's own folder. Set it to a common ancestor for absolute-path datasets.
+        question_key: column holding the question (may contain ``<image>`` placeholders; without any, the
+            images go before the text). A verl-style chat list (``[{"role": "user", "content": ...}]``) is
+            turned into its last user message. Dotted keys reach into structs.
+        answer_key: column holding the ground truth, turned into ``str`` (None stays None: the preflight
+            reports it). verl keeps it at ``reward_model.ground_truth``.
+        images_key: column holding the images (a list, or one image). When absent, a single ``image``
+            column is used; with neither, rows are text-only.
+        answer_type: how accuracy is checked (one of :data:`vrl.types.ANSWER_TYPES`), for rows without an
+            ``answer_type`` column (or with a null there).
+        split: with a folder in ``path``, keep only files whose name starts with it or that sit under a
+            sub-folder of that name (``train-00000-of-00002.parquet``, ``test.jsonl``, ``train/x.jsonl``).
+            Also recorded in ``meta``.
+        id_key: column whose value becomes ``uid``; without it (or with a null) the uid is ``<file>:<row>``
+            with the file named relative to the data files' common folder. A ``uid`` column always wins.
+        task: task family for rows without a ``task`` column.
+        format: question format (``yesno`` | ``mc`` | ``open``) for rows without a ``format`` column.
+        limit: keep only the first ``limit`` rows across the files (smoke runs); None keeps all.
+        num_proc: processes for the column mapping (``datasets.map``); None maps in this process.
+
+    Returns:
+        A ``datasets.Dataset``; ``ds[i]["images"]`` decodes that row's images to PIL.
+
+    Raises:
+        FileNotFoundError: a path entry matches no file.
+        ValueError: an unsupported suffix, a missing question or answer column, an unknown ``answer_type``,
+            a column that the mapping would overwrite, or files whose columns differ.
+    """
+    if answer_type not in ANSWER_TYPES:
+        raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
+    files = resolve_files(path, split)
+    base = Path(os.path.commonpath([str(f.parent) for f in files]))
+    parts = []
+    remaining = limit
+    for file in files:
+        if remaining is not None and remaining <= 0:
+            break
+        root = Path(os.path.realpath(data_root if data_root is not None else file.parent))
+        columns = _Columns(question_key, answer_key, images_key, id_key, answer_type, task, format)
+        part = _load_file(file, root, columns, str(file.relative_to(base)), split, remaining, num_proc)
+        remaining = None if remaining is None else remaining - len(part)
+        parts.append(part)
+    return _concatenate(parts, files)
+
+
+def resolve_files(path: str | Sequence[str], split: str | None = None) -> list[Path]:
+    """Absolute data files for ``path`` entries (files, globs, folders), in order, without repeats."""
+    entries = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    files: list[Path] = []
+    for entry in entries:
+        text = os.path.expanduser(str(entry))
+        if glob.has_magic(text):
+            matches = [Path(p) for p in sorted(glob.glob(text, recursive=True)) if Path(p).is_file()]
+        elif os.path.isdir(text):
+            matches = [p for p in sorted(Path(text).rglob("*")) if p.is_file() and p.suffix.lower() in FORMATS]
+            if split is not None:
+                matches = [p for p in matches if _in_split(p.relative_to(text), split)]
+        else:
+            matches = [Path(text)] if os.path.exists(text) else []
+        if not matches:
+            raise FileNotFoundError(f"data path {str(entry)!r} matches no file (split={split!r})")
+        for match in matches:
+            if match.suffix.lower() not in FORMATS:
+                raise ValueError(f"{match}: unsupported data file suffix; expected one of {sorted(FORMATS)}")
+            resolved = match.resolve()
+            if resolved not in files:
+                files.append(resolved)
+    return files
+
+
+def _in_split(relative: Path, split: str) -> bool:
+    return relative.name.startswith(split) or split in relative.parts[:-1]
+
+
+def image_storage(ref: Any, root: Path) -> dict[str, Any]:
+    """One image reference -> the ``{"bytes", "path"}`` struct a ``datasets.Image`` feature stores.
+
+    Paths are resolved (symlinks included) inside ``root``; bytes are kept as they are (a corrupt image is
+    the preflight's finding, not the loader's).
+
+    Raises:
+        BadImage: the path escapes ``root``, or the reference is of no known kind.
+    """
+    if isinstance(ref, Image.Image):
+        buf = io.BytesIO()
+        ref.save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+    if isinstance(ref, (bytes, bytearray, memoryview)):
+        return {"bytes": bytes(ref), "path": None}
+    if isinstance(ref, dict):
+        data, label = ref.get("bytes"), ref.get("path")
+        if data:
+            return {"bytes": bytes(data), "path": label if isinstance(label, str) else None}
+        if isinstance(label, str) and label:
+            return image_storage(label, root)
+        raise BadImage(BAD_IMAGE_REF, "image dict has neither bytes nor a path")
+    if isinstance(ref, str):
+        if ref.startswith("data:"):
+            return {"bytes": _data_uri_bytes(ref), "path": None}
+        if "://" in ref:
+            raise BadImage(BAD_IMAGE_REF, f"{ref[:80]!r} is a URL; vrl reads local files only")
+        return {"bytes": None, "path": str(resolve_inside(ref, root))}
+    raise BadImage(BAD_IMAGE_REF, f"unsupported image reference of type {type(ref).__name__}")
+
+
+def resolve_inside(ref: str, root: Path) -> Path:
+    """``ref`` (relative to ``root``, or absolute) with symlinks resolved; it must lie inside ``root``.
+
+    ``root`` must itself be resolved (``os.path.realpath``), or a symlinked root would reject everything.
+    """
+    candidate = Path(ref).expanduser()
+    full = Path(os.path.realpath(candidate if candidate.is_absolute() else root / candidate))
+    if not full.is_relative_to(root):
+        raise BadImage(PATH_ESCAPES_ROOT, f"{ref!r} resolves to {full}, outside the data root {root}")
+    return full
+
+
+def open_image(ref: Any) -> Image.Image:
+    """Open, verify and fully decode one stored image, rotated by its EXIF tag as ``datasets.Image`` does.
+
+    Raises:
+        BadImage: a missing file, undecodable data, or a reference of no known kind.
+    """
+    if isinstance(ref, Image.Image):
+        data, path = None, None
+    elif isinstance(ref, dict):
+        data, path = ref.get("bytes"), ref.get("path")
+    elif isinstance(ref, (bytes, bytearray)):
+        data, path = bytes(ref), None
+    elif isinstance(ref, str):
+        data, path = None, ref
+    else:
+        raise BadImage(BAD_IMAGE_REF, f"unsupported image reference of type {type(ref).__name__}")
+    if not isinstance(ref, Image.Image) and data is None and not path:
+        raise BadImage(BAD_IMAGE_REF, "image has neither bytes nor a path")
+    try:
+        if isinstance(ref, Image.Image):  # already opened (rows built in Python): decode it, nothing more
+            ref.load()
+            return ref
+        with Image.open(io.BytesIO(data) if data is not None else path) as probe:
+            probe.verify()  # checks structure (e.g. PNG CRCs) that decoding alone would not
+        image = Image.open(io.BytesIO(data) if data is not None else path)  # verify() leaves it unusable
+        image.load()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+        raise BadImage(MISSING_IMAGE, f"{path}: {err.strerror or err}") from err
+    except Exception as err:  # PIL raises many types on bad data (OSError, SyntaxError, struct.error, ...)
+        where = path if data is None else f"{len(data)} bytes"
+        raise BadImage(CORRUPT_IMAGE, f"{where}: {type(err).__name__}: {err}") from err
+    if image.getexif().get(Image.ExifTags.Base.Orientation) is not None:
+        image = ImageOps.exif_transpose(image)
+    return image
+
+
+def without_image_decoding(feature: Any) -> Any:
+    """``feature`` with every ``datasets.Image`` inside switched to ``decode=False`` (the stored struct)."""
+    if isinstance(feature, datasets.Image):
+        return replace(feature, decode=False)
+    if isinstance(feature, (datasets.List, datasets.LargeList)):
+        return replace(feature, feature=without_image_decoding(feature.feature))
+    if isinstance(feature, dict):
+        return type(feature)({k: without_image_decoding(v) for k, v in feature.items()})
+    return feature
+
+
+def _data_uri_bytes(uri: str) -> bytes:
+    header, _, payload = uri.partition(",")
+    if not header.endswith(";base64"):
+        raise BadImage(BAD_IMAGE_REF, f"data URI {header[:40]!r} is not base64")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise BadImage(BAD_IMAGE_REF, f"data URI payload is not valid base64: {err}") from err
+
+
+def _load_file(
+    file: Path, root: Path, columns: _Columns, label: str, split: str | None, limit: int | None, num_proc: int | None
+) -> datasets.Dataset:
+    """Read one file and map its columns to the schema (the extra columns ride along unchanged)."""
+    raw = datasets.load_dataset(FORMATS[file.suffix.lower()], data_files=[str(file)], split="train")
+    if limit is not None and limit < len(raw):
+        raw = raw.select(range(limit))
+    present = set(raw.column_names)
+    for role, key in (("question_key", columns.question), ("answer_key", columns.answer)):
+        if key.split(".")[0] not in present:
+            raise ValueError(f"{file}: no column {key!r} ({role}); columns: {sorted(present)}")
+    images = columns.images if columns.images in present else "image" if "image" in present else None
+    columns = replace(columns, images=images, id=columns.id if columns.id in present else None)
+    sources = {"prompt": columns.question, "answer": columns.answer, "images": images}
+    consumed = {key for key in sources.values() if key and "." not in key}
+    for field, key in sources.items():
+        if field in present and field not in consumed:
+            raise ValueError(f"{file}: column {field!r} would be overwritten by {key!r}; rename or drop it")
+    reused = [c for c in ("answer_type", "task", "format", "meta", "uid") if c in present]
+    inputs = sorted({k.split(".")[0] for k in sources.values() if k} | set(reused) | {columns.id} - {None})
+    if images is not None and without_image_decoding(raw.features[images]) != raw.features[images]:
+        raw = raw.cast_column(images, without_image_decoding(raw.features[images]))
+    extras = {k: v for k, v in raw.features.items() if k not in consumed and k not in SCHEMA}
+    mapper = _RowMapper(columns, root, str(file), label, split, inputs, sources)
+    return raw.map(
+        mapper,
+        batched=True,
+        with_indices=True,
+        input_columns=inputs,
+        remove_columns=sorted(consumed | set(reused)),
+        features=datasets.Features({**SCHEMA, **extras}),
+        num_proc=num_proc,
+        desc=f"rlvr {label}",
+    )
+
+
+class _RowMapper:
+    """Batched ``datasets.map`` function: source columns of one file -> the schema fields (picklable)."""
+
+    def __init__(
+        self, columns: _Columns, root: Path, file: str, label: str, split: str | None, inputs: list, sources: dict
+    ) -> None:
+        self.columns, self.root, self.file, self.label, self.split = columns, root, file, label, split
+        self.inputs, self.sources = inputs, sources
+
+    def __call__(self, *args: Any) -> dict[str, list]:
+        *values, indices = args
+        out: dict[str, list] = {name: [] for name in SCHEMA}
+        for j, row in enumerate(indices):
+            mapped = self.row({key: column[j] for key, column in zip(self.inputs, values)}, row)
+            for name in SCHEMA:
+                out[name].append(mapped[name])
+        return out
+
+    def row(self, values: dict[str, Any], row: int) -> dict[str, Any]:
+        """One source row (its input columns) -> the schema fields."""
+        c, errors = self.columns, []
+        prompt = _question_text(_lookup(values, c.question))
+        if prompt is None:
+            kind = type(_lookup(values, c.question)).__name__
+            errors.append(_error(c.question, BAD_TYPE, f"question is {kind}, not text or a chat list"))
+        images = []
+        for k, ref in enumerate(_as_list(_lookup(values, c.images) if c.images else None)):
+            try:
+                images.append(image_storage(ref, self.root))
+            except BadImage as err:
+                errors.append(_error(f"{c.images}[{k}]", err.reason, str(err)))
+                images.append(None)  # reads back as None: the row stays inspectable, its meta says why
+        answer = _lookup(values, c.answer)
+        uid = values.get("uid") or (_lookup(values, c.id) if c.id else None)
+        return {
+            "prompt": prompt,
+            "images": images,
+            "answer": None if answer is None else str(answer),
+            "answer_type": values.get("answer_type") or c.answer_type,
+            "task": values.get("task") or c.task,
+            "format": values.get("format") or c.format,
+            "meta": self._meta(values.get("meta"), row, errors),
+            "uid": str(uid) if uid is not None else f"{self.label}:{row}",
+        }
+
+    def _meta(self, original: Any, row: int, errors: list[dict]) -> str:
+        meta: dict[str, Any] = {}
+        if isinstance(original, str):
+            with contextlib.suppress(json.JSONDecodeError):
+                original = json.loads(original)
+        if isinstance(original, dict):
+            meta.update(original)
+        elif original is not None:
+            meta["original_meta"] = original
+        source = {"file": self.file, "row": row, "columns": self.sources}
+        meta[SOURCE_KEY] = source if self.split is None else {**source, "split": self.split}
+        if errors:
+            meta[LOAD_ERRORS_KEY] = errors
+        return json.dumps(meta, sort_keys=True, default=str)
+
+
+def _lookup(values: dict[str, Any], key: str) -> Any:
+    """``values[key]``, where ``a.b`` reaches into a struct; None when any level is missing."""
+    node: Any = values
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _question_text(value: Any) -> str | None:
+    """The question as text: a string, or the last user turn of a chat list; None for anything else."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        return None
+    turns = [m for m in value if m.get("role") == "user"]
+    if not turns:
+        return None
+    content = turns[-1].get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI-style items: image items become placeholders, in place
+        parts = [c.get("text", "") if c.get("type") == "text" else "<image>" for c in content if isinstance(c, dict)]
+        return "".join(parts)
+    return None
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _error(field: str, reason: str, detail: str) -> dict[str, str]:
+    return {"field": field, "reason": reason, "detail": detail}
+
+
+def _concatenate(parts: list[datasets.Dataset], files: list[Path]) -> datasets.Dataset:
+    if len(parts) == 1:
+        return parts[0]
+    first = set(parts[0].column_names)
+    for part, file in zip(parts[1:], files[1:]):
+        if set(part.column_names) != first:
+            raise ValueError(
+                f"{file} has columns {sorted(part.column_names)} but {files[0]} has {sorted(first)}; "
+                "files loaded together must have the same columns"
+            )
+    return datasets.concatenate_datasets(parts)
