@@ -9,6 +9,7 @@ Per step, in order:
 
 1. ``on_step_start(step, module)``                 H1  stage scheduling, curricula
 2. ``on_prompts(samples, module) -> samples``      H5/H6  probe rollouts, pre-rollout gates
+   ``on_rollout(rollout, module) -> rollout``      H5  after the main rewards: attach auxiliary branches
 3. ``filter_groups(rollout, module) -> keep [N]``  H6  post-rollout group filters (dynamic sampling)
 4. ``extra_pass(rollout, module)``                 H7  extra teacher-forced passes; write ``rollout.extras``
 5. ``transform_advantages(rollout, module) -> [N]``H8  sequence-level transforms after group normalisation
@@ -51,6 +52,11 @@ class HookSet:
         for h in self._with("on_prompts"):
             samples = h.on_prompts(samples, module)
         return samples
+
+    def on_rollout(self, rollout: Rollout, module) -> Rollout:
+        for h in self._with("on_rollout"):
+            rollout = h.on_rollout(rollout, module)
+        return rollout
 
     def filter_groups(self, rollout: Rollout, module) -> torch.Tensor | None:
         """AND of every filter's keep mask [N], or None when no hook filters."""

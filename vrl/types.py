@@ -59,6 +59,10 @@ class Rollout:
             published loss keeps top-k-masked tokens in the denominator; its option to normalise by kept
             tokens sets this to the kept mask).
         extras: side signals attached by hooks, each [N] or [N, L] (e.g. VPPO token dependency).
+        branch: [N] 0 for the main (reasoning) sequences, k > 0 for auxiliary sequences a hook attached to
+            the same prompt group (PEARL's perception probes: hook H5), or None when every sequence is main.
+            Each branch gets its own group-normalised advantage and its own loss normaliser; metrics and
+            sequence-level method statistics are taken over the main branch.
     """
 
     input_ids: torch.Tensor
@@ -79,6 +83,7 @@ class Rollout:
     loss_mask: torch.Tensor | None = None
     norm_mask: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    branch: torch.Tensor | None = None
 
     @property
     def num_sequences(self) -> int:
@@ -88,6 +93,26 @@ class Rollout:
     def prompt_width(self) -> int:
         """P: the padded prompt width (response tokens start here)."""
         return self.input_ids.shape[1] - self.response_mask.shape[1]
+
+    def branch_ids(self) -> torch.Tensor:
+        """[N] branch of every sequence (zeros when no auxiliary branch is attached)."""
+        if self.branch is not None:
+            return self.branch
+        return torch.zeros(self.num_sequences, dtype=torch.long, device=self.group_ids.device)
+
+    def advantage_groups(self) -> torch.Tensor:
+        """[N] ids of the sets advantages are normalised over: (prompt group, branch) pairs."""
+        if self.branch is None:
+            return self.group_ids
+        return self.group_ids * (int(self.branch.max()) + 1 if self.num_sequences else 1) + self.branch.to(
+            self.group_ids.device
+        )
+
+    def main(self) -> Rollout:
+        """The main-branch sequences (all of them when no auxiliary branch is attached)."""
+        if self.branch is None:
+            return self
+        return self.select(torch.nonzero(self.branch == 0).squeeze(-1))
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """Keyword arguments for a teacher-forced forward pass of the VLM."""
@@ -215,4 +240,28 @@ def cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         loss_mask=cat([resp(r.loss_mask) for r in parts]),
         norm_mask=cat([resp(r.norm_mask) for r in parts]),
         extras={k: cat([resp(r.extras[k]) for r in parts]) for k in first.extras},
+        branch=None if all(r.branch is None for r in parts) else torch.cat([r.branch_ids() for r in parts]),
     )
+
+
+def attach_branch(main: Rollout, aux: Rollout, pad_id: int, branch: int = 1) -> Rollout:
+    """Append auxiliary sequences ``aux`` to ``main`` as branch ``branch``, keeping their group ids.
+
+    ``aux.group_ids`` must name ``main``'s groups (the same prompt, e.g. PEARL's probe of that prompt), so
+    group filters and batch truncation keep or drop a prompt's main and auxiliary sequences together.
+    Reward components missing on one side are filled with NaN ("not measured on this branch"): group
+    filters average the measured values only.
+    """
+    if aux.num_sequences and not torch.isin(aux.group_ids.cpu(), main.group_ids.cpu()).all():
+        raise ValueError("attach_branch: auxiliary sequences name groups the main rollout does not have")
+    keys = list(dict.fromkeys([*main.reward_components, *aux.reward_components]))
+
+    def filled(r: Rollout) -> dict[str, torch.Tensor]:
+        nan = torch.full((r.num_sequences,), float("nan"), device=r.rewards.device if r.rewards is not None else None)
+        return {k: r.reward_components.get(k, nan).float() for k in keys}
+
+    aux = replace(aux, reward_components=filled(aux), branch=torch.full_like(aux.group_ids, branch).cpu())
+    main = replace(main, reward_components=filled(main), branch=main.branch_ids().cpu())
+    out = cat_rollouts([main, aux], pad_id)
+    out.group_ids = torch.cat([main.group_ids, aux.group_ids.to(main.group_ids.device)])
+    return out

@@ -107,8 +107,31 @@ def _root_cause(err: BaseException) -> str:
     return str(err)
 
 
+def _provided_keys(hooks: Any) -> set[str]:
+    """Per-sequence signals hooks add next to the reward terms (a hook class's ``provides``)."""
+    out: set[str] = set()
+    for hook in (hooks or {}).values():
+        if hook and "_target_" in hook:
+            out |= set(getattr(get_object(hook["_target_"]), "provides", ()))
+    return out
+
+
+def _check_stacking(hooks: Any) -> None:
+    """Stacks whose presets overwrite each other in the wrong order (core.md §6)."""
+    hooks = hooks or {}
+    pearl = [n for n, h in hooks.items() if h and str(h.get("_target_", "")).endswith("pearl.PEARL")]
+    flt = hooks.get("dynamic_sampling")
+    if pearl and flt and "probe_accuracy" not in (flt.get("keys") or []):
+        raise ConfigError(
+            f"hooks.dynamic_sampling.keys={list(flt.get('keys') or [])}: with PEARL (hooks.{pearl[0]}) the filter "
+            "must test probe_accuracy too (PEARL's OR filter); a later preset overwrote it: put pearl last, "
+            "e.g. +method=[vppo,pearl]"
+        )
+
+
 def _check_cross_group(cfg: DictConfig) -> None:
-    terms = {name for name, node in (cfg.get("reward") or {}).items() if node}
+    terms = {name for name, node in (cfg.get("reward") or {}).items() if node} | _provided_keys(cfg.get("hooks"))
+    _check_stacking(cfg.get("hooks"))
     for name, hook in (cfg.get("hooks") or {}).items():
         for key in (hook or {}).get("keys", []) or []:
             if key != "reward" and key not in terms:

@@ -12,6 +12,10 @@ from vrl.methods.loss_agg import LossAgg
 from vrl.methods.policy_loss import PolicyLoss
 from vrl.types import Rollout
 
+#: Rollout branches the loss can average separately (main + auxiliary); a fixed size keeps the per-branch
+#: denominators one tensor of equal shape on every rank for the DDP reduction.
+MAX_BRANCHES = 4
+
 
 @dataclass
 class Objective:
@@ -53,8 +57,22 @@ class Objective:
                     f"{self.kl.estimator!r}: use kernels=torch or kl=k3"
                 )
 
+    def normalizer(self, mini: Rollout, max_len: int | None = None) -> torch.Tensor:
+        """The mini-batch loss denominator: a scalar, or [MAX_BRANCHES] (one per branch) when auxiliary
+        branches are attached, so that each branch is averaged on its own: PEARL's
+        L = L_main / T_main + lambda * L_probe / T_probe rather than one average over both branches' tokens.
+        """
+        norm_mask = mini.norm_mask if mini.norm_mask is not None else mini.response_mask
+        if mini.branch is None:
+            return self.loss_agg.normalizer(norm_mask, max_len)
+        branch = mini.branch.to(norm_mask.device)
+        if int(branch.max()) >= MAX_BRANCHES:
+            raise ValueError(f"at most {MAX_BRANCHES} rollout branches are supported, got {int(branch.max()) + 1}")
+        return torch.stack([self.loss_agg.normalizer(norm_mask[branch == b], max_len) for b in range(MAX_BRANCHES)])
+
     def __call__(self, model, micro: Rollout, normalizer: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
-        """Loss of one micro-batch (already divided by the mini-batch ``normalizer``).
+        """Loss of one micro-batch (already divided by the mini-batch ``normalizer``: a scalar, or [n] per
+        sequence when branches are attached).
 
         Returns:
             the loss; detached stats as sums over tokens (``*_sum``) so the caller can average over any
@@ -99,6 +117,8 @@ class Objective:
         weights = mask
         if self.loss_agg.mode == "seq_mean_token_mean":  # each sequence's tokens share weight 1 / L_i
             weights = mask / mask.sum(-1, keepdim=True).clamp(min=1)
+        if normalizer.dim():  # per-sequence denominators (rollout branches) folded into the token weights
+            weights, normalizer = weights / normalizer[:, None], torch.ones((), device=normalizer.device)
         old = micro.old_logprobs
         if old is None:  # strictly on-policy: old = current log-probs (ratio 1), read without a graph
             old = vocab_stats(logits.detach(), targets, impl=self.kernel_impl).logprob * mask

@@ -14,8 +14,11 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
     out["rollout/reward_mean"] = rewards.mean().item()
     out["rollout/reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
     for name, values in rollout.reward_components.items():
-        out[f"reward/{name}_mean"] = values.float().mean().item()
-        out[f"reward/{name}_std"] = values.float().std().item() if values.numel() > 1 else 0.0
+        values = values.float()
+        values = values[~torch.isnan(values)]  # NaN: a term of another rollout branch (not measured here)
+        if values.numel():
+            out[f"reward/{name}_mean"] = values.mean().item()
+            out[f"reward/{name}_std"] = values.std().item() if values.numel() > 1 else 0.0
     if "accuracy" in rollout.reward_components:
         out["rollout/accuracy"] = rollout.reward_components["accuracy"].float().mean().item()
     lengths = rollout.response_mask.sum(-1).float()

@@ -166,9 +166,9 @@ class RLModule(L.LightningModule):
         self.hooks.on_step_start(step, self)
         rollout = self.make_rollout()
         t_rollout = time.perf_counter() - t0
-        if rollout.num_sequences > 0:
+        if rollout is not None and rollout.num_sequences > 0:
             self.empty_steps = 0
-        if rollout.num_sequences == 0:  # every group filtered out, every try: nothing to learn from
+        else:  # every prompt gated or every group filtered out, every try: nothing to learn from
             self.log_dict({**self._sampling_stats, "train/empty_steps": 1.0}, on_step=True)
             self.empty_steps += 1
             if self.empty_steps > self.max_empty_steps:
@@ -184,12 +184,12 @@ class RLModule(L.LightningModule):
                 )
             return
         self.score_passes(rollout)
-        rollout.advantages = self.advantage(rollout.rewards, rollout.group_ids).to(self.device)
+        rollout.advantages = self.advantage(rollout.rewards, rollout.advantage_groups()).to(self.device)
         rollout.advantages = self.hooks.transform_advantages(rollout, self)
         rollout.loss_mask = self.hooks.token_mask(rollout, self)
         stats = self.update(rollout)
         elapsed = time.perf_counter() - t0
-        metrics = rollout_metrics(rollout) | stats | self._sampling_stats
+        metrics = rollout_metrics(rollout.main()) | stats | self._sampling_stats
         metrics |= {
             "perf/step_time_s": elapsed,
             "perf/rollout_time_s": t_rollout,
@@ -204,29 +204,35 @@ class RLModule(L.LightningModule):
         if self.rollout_logger and self.log_rollouts_every and step % self.log_rollouts_every == 0:
             self.rollout_logger(rollout, step)
 
-    def make_rollout(self) -> Rollout:
-        """Prompts -> pre-rollout hooks -> G samples each -> rewards -> group filters, refilled up to the
-        filters' ``max_tries`` generate calls until B groups survive (DAPO dynamic sampling)."""
+    def make_rollout(self) -> Rollout | None:
+        """Prompts -> pre-rollout hooks -> G samples each -> rewards -> attached branches -> group filters,
+        refilled up to the hooks' ``max_tries`` draws until B groups survive (DAPO dynamic sampling, PEARL's
+        gate). None when every draw was gated out before generation."""
         budget = max([getattr(h, "max_tries", 1) for h in self.hooks.hooks] + [1])
         kept: list[Rollout] = []
         groups, tries, drawn = 0, 0, 0
         while groups < self.batch_size and tries < budget:
-            samples = self.hooks.on_prompts(self.prompts.next_batch(), self)
+            batch = self.prompts.next_batch()
+            drawn, tries = drawn + len(batch), tries + 1
+            samples = self.hooks.on_prompts(batch, self)
+            if not samples:  # a pre-rollout gate dropped every prompt of this draw
+                continue
             rollout = self.rollout_engine.generate(self.vlm, samples)
             rollout.rewards, rollout.reward_components = self.reward(rollout.responses, rollout.samples)
             rollout.rewards = rollout.rewards.to(self.device)
-            drawn += int(rollout.group_ids.unique().numel())
+            rollout = self.hooks.on_rollout(rollout, self)
             keep = self.hooks.filter_groups(rollout, self)
             if keep is not None:
                 rollout = rollout.select(torch.nonzero(keep.cpu()).squeeze(-1))
             kept.append(rollout)
             groups += int(rollout.group_ids.unique().numel())
-            tries += 1
+        self._sampling_stats = {"rollout/kept_group_frac": groups / max(drawn, 1), "rollout/generate_calls": tries}
+        if not kept:
+            return None
         rollout = cat_rollouts(kept, self.vlm.processor.tokenizer.pad_token_id)
         if groups > self.batch_size:  # a refill overshot: keep the first B groups
             first = rollout.group_ids.unique(sorted=False)[: self.batch_size]
             rollout = rollout.select(torch.nonzero(torch.isin(rollout.group_ids, first).cpu()).squeeze(-1))
-        self._sampling_stats = {"rollout/kept_group_frac": groups / max(drawn, 1), "rollout/generate_calls": tries}
         return rollout
 
     def score_passes(self, rollout: Rollout) -> None:
@@ -257,10 +263,11 @@ class RLModule(L.LightningModule):
             shuffle = torch.Generator().manual_seed(self.data_seed * 1_000_003 + self.global_step + epoch)
             for mb_idx in self._minibatches(rollout.num_sequences, shuffle if self.ppo_epochs > 1 else None):
                 mini = rollout.select(mb_idx)
-                norm_mask = mini.norm_mask if mini.norm_mask is not None else mini.response_mask
-                normalizer = self.objective.loss_agg.normalizer(norm_mask, self.rollout_engine.max_new_tokens)
+                normalizer = self.objective.normalizer(mini, self.rollout_engine.max_new_tokens)
                 if self.trainer.world_size > 1:  # DDP averages gradients: make the denominator global
                     normalizer = self.trainer.strategy.reduce(normalizer, reduce_op="mean")
+                if mini.branch is not None:  # one denominator per branch -> one per sequence
+                    normalizer = normalizer[mini.branch.to(normalizer.device)]
                 loss_total = self._accumulate(mini, normalizer, totals)
                 grad_norm = self._clip_and_check(loss_total)
                 if grad_norm is None:
@@ -278,8 +285,9 @@ class RLModule(L.LightningModule):
         loss_total = 0.0
         for idx in torch.arange(mini.num_sequences).split(self.micro_batch_size):
             micro = mini.select(idx)
-            loss, stats, out = self.objective(self.policy, micro, normalizer)
-            extra, extra_stats = self.hooks.extra_loss(micro, out, normalizer, self)
+            norm = normalizer[idx.to(normalizer.device)] if normalizer.dim() else normalizer
+            loss, stats, out = self.objective(self.policy, micro, norm)
+            extra, extra_stats = self.hooks.extra_loss(micro, out, norm, self)
             if extra is not None:
                 loss = loss + extra
                 stats |= extra_stats

@@ -15,12 +15,17 @@ def group_keep_mask(values: torch.Tensor, group_ids: torch.Tensor, criterion: st
     """Per-sequence keep mask [N] from per-sequence values [N] and their groups.
 
     ``nonzero_std``: keep groups whose values are not all equal. ``mean_in_range``: keep groups whose mean
-    lies strictly inside (lo, hi) (VPPO: accuracy in (0.01, 0.99)).
+    lies strictly inside (lo, hi) (VPPO: accuracy in (0.01, 0.99)). NaN means "not measured on this
+    sequence" (a reward term of another rollout branch, e.g. PEARL's probe accuracy on main sequences):
+    only measured values count, and a group with none fails.
     """
     keep = torch.zeros_like(group_ids, dtype=torch.bool)
     for g in torch.unique(group_ids).tolist():
         members = group_ids == g
         v = values[members].float()
+        v = v[~torch.isnan(v)]
+        if v.numel() == 0:
+            continue
         if criterion == "nonzero_std":
             ok = bool((v != v[0]).any())
         else:

@@ -48,6 +48,11 @@ class LossAgg:
     def __call__(self, per_token: torch.Tensor, response_mask: torch.Tensor, normalizer: torch.Tensor) -> torch.Tensor:
         """Sum of this micro-batch's share; summing over micro-batches gives the mini-batch loss."""
         mask = response_mask.to(per_token.dtype)
+        if normalizer.dim():  # [n]: each sequence's own denominator (rollout branches averaged separately)
+            per_seq = (per_token * mask).sum(-1)
+            if self.mode == "seq_mean_token_mean":
+                per_seq = per_seq / mask.sum(-1).clamp(min=1)
+            return (per_seq / normalizer).sum()
         if self.mode == "seq_mean_token_mean":
             per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
             return per_seq.sum() / normalizer

@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 
 from vrl.lit.logprobs import response_logits, response_targets, score_logprobs
-from vrl.types import Rollout
+from vrl.types import Rollout, cat_rollouts
 
 SCOPES = ("step", "rank", "mini", "micro", "published")
 
@@ -83,11 +83,12 @@ class VPPO:
         scale_scope: where TAS takes min/max and mean (see ``scoped_alpha``); ``step`` by default,
             ``published`` reproduces the released code.
         normalize_by_kept: divide the loss by kept tokens instead of all valid tokens (published: all).
+        paired_pass: when the loop has no other use for old log-probs (one PPO epoch, one mini-batch), score
+            the old and the perturbed log-probs in one no-grad pass over [rollout; perturbed rollout] with
+            twice the micro-batch, instead of two passes; ``false`` always takes two passes.
         seed: perturbation seed; the draw also depends on the step, so resumed runs repeat it.
         order: hook order; VPPO's factor applies after PEARL's (core.md §6).
     """
-
-    needs_old_logprobs = True
 
     def __init__(
         self,
@@ -98,6 +99,7 @@ class VPPO:
         mask_scope: str = "response",
         scale_scope: str = "step",
         normalize_by_kept: bool = False,
+        paired_pass: bool = True,
         seed: int = 0,
         order: int = 30,
     ) -> None:
@@ -114,22 +116,36 @@ class VPPO:
         self.perturbation, self.rho, self.beta_min = perturbation, rho, beta_min
         self.dependency, self.mask_scope, self.scale_scope = dependency, mask_scope, scale_scope
         self.normalize_by_kept, self.seed, self.order = normalize_by_kept, seed, order
+        self.paired_pass = paired_pass
+        # with the paired pass, old log-probs come from extra_pass itself (the loop skips its own pass)
+        self.needs_old_logprobs = not paired_pass or dependency == "exact_kl"
 
     # H7: the perturbed teacher-forced pass -------------------------------------------------------------
     def extra_pass(self, rollout: Rollout, module) -> None:
+        """Dependency, mask and TAS factors of the main-branch sequences (auxiliary branches, e.g. PEARL's
+        probes, keep every token and alpha = 1, as in core.md §6)."""
         t0 = time.perf_counter()
-        perturbed = replace(rollout, pixel_values=self._perturb(rollout, module))
+        main = None if rollout.branch is None else torch.nonzero(rollout.branch.cpu() == 0).squeeze(-1)
+        sub = rollout if main is None else rollout.select(main)
+        perturbed = replace(sub, pixel_values=self._perturb(sub, module))
         obj = module.objective
+        score_args = (obj.temperature, module.micro_batch_size, obj.kernel_impl, obj.suppress_ids)
         if self.dependency == "exact_kl":
-            score = self._exact_kl(rollout, perturbed, module)
+            score = self._exact_kl(sub, perturbed, module)
+        elif rollout.old_logprobs is None:  # paired: one pass over [rollout; perturbed], twice the chunk
+            both = cat_rollouts([rollout, perturbed], module.vlm.processor.tokenizer.pad_token_id)
+            lp = score_logprobs(module.policy, both, score_args[0], 2 * score_args[1], *score_args[2:])
+            n = rollout.num_sequences
+            rollout.old_logprobs = lp[:n]
+            score = token_dependency_k3(lp[:n] if main is None else lp[:n][main.to(lp.device)], lp[n:])
         else:
-            lp_pert = score_logprobs(
-                module.policy, perturbed, obj.temperature, module.micro_batch_size, obj.kernel_impl, obj.suppress_ids
-            )
-            score = token_dependency_k3(rollout.old_logprobs, lp_pert)
-        rollout.extras["visual_dependency"] = score * rollout.response_mask
-        self._shape(rollout, module)
-        module.log_dict(self._metrics(rollout, time.perf_counter() - t0), on_step=True)
+            lp_pert = score_logprobs(module.policy, perturbed, *score_args)
+            score = token_dependency_k3(sub.old_logprobs, lp_pert)
+        sub.extras["visual_dependency"] = score * sub.response_mask
+        self._shape(sub, module)
+        if main is not None:
+            _scatter_main(rollout, sub, main)
+        module.log_dict(self._metrics(sub, time.perf_counter() - t0), on_step=True)
 
     def _perturb(self, rollout: Rollout, module) -> torch.Tensor:
         if rollout.pixel_values is None:
@@ -198,6 +214,21 @@ class VPPO:
             "vppo/alpha_std": float(alpha.std()) if alpha.numel() > 1 else 0.0,
             "perf/vppo_pass_s": seconds,
         }
+
+
+def _scatter_main(rollout: Rollout, sub: Rollout, main: torch.Tensor) -> None:
+    """Write the main-branch results of ``sub`` into the full rollout; auxiliary rows keep every valid token
+    (mask = response mask), alpha = 1 and dependency 0."""
+    mask = rollout.response_mask
+    full = {
+        "visual_dependency": torch.zeros_like(mask),
+        "vppo_token_mask": mask.clone(),
+        "vppo_alpha": torch.ones(rollout.num_sequences, dtype=mask.dtype, device=mask.device),
+        "vppo_seq_score": torch.zeros(rollout.num_sequences, dtype=mask.dtype, device=mask.device),
+    }
+    for key, value in full.items():
+        value[main.to(value.device)] = sub.extras[key].to(value.dtype)
+        rollout.extras[key] = value
 
 
 def _world_size(module) -> int:
