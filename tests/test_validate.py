@@ -22,6 +22,7 @@ from vrl.validate import ConfigError, validate_config
         (["+method=dapo", "hooks.dynamic_sampling.keys=[correctness]"], "hooks.dynamic_sampling.keys"),
         (["kernels=triton", "+method=gspo"], "kernels.impl"),
         (["model.dtype=3"], "model.dtype"),
+        (["+method=[pearl,vppo]"], "hooks.dynamic_sampling.keys"),  # vppo's filter overwrote PEARL's OR filter
     ],
 )
 def test_bad_value_names_the_key(compose, overrides, key, tmp_path):
@@ -30,7 +31,8 @@ def test_bad_value_names_the_key(compose, overrides, key, tmp_path):
 
 
 def test_default_and_presets_validate(compose):
-    for overrides in ([], ["+method=dapo"], ["+method=[grpo,dr_grpo]"], ["kernels=auto"]):
+    stacks = (["+method=pearl"], ["+method=[vppo,pearl]"], ["+method=[dapo,pearl]"], ["+method=[dapo,vppo]"])
+    for overrides in ([], ["+method=dapo"], ["+method=[grpo,dr_grpo]"], ["kernels=auto"], *stacks):
         validate_config(compose([*overrides, "output_dir=/tmp/x"]))
 
 

@@ -1,6 +1,7 @@
 """VPPO as a composable preset on the tiny VLM."""
 
 import math
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -60,3 +61,27 @@ def test_top_k_mask_keeps_ceil_rho_of_each_response(compose, tiny_overrides):
     # k = ceil(0.4 * L) per response: L = 6 -> 3, 5 -> 2, 3 -> 2, 1 -> 1
     assert kept == [math.ceil(0.4 * n - 1e-9) for n in lengths]
     assert bool((rollout.extras["vppo_token_mask"] <= rollout.response_mask).all())
+
+
+def test_paired_pass_matches_two_passes(compose, tiny_overrides):
+    """One no-grad pass over [rollout; perturbed] gives the old log-probs and the dependency of two passes."""
+    from vrl.lit.logprobs import score_logprobs
+    from vrl.methods.vppo import VPPO
+
+    cfg = compose(tiny_overrides + ["+method=vppo", *VARY, "rollout.max_new_tokens=6"])
+    L.seed_everything(0, verbose=False)
+    module = build_module(cfg)
+    build_trainer(cfg)
+    hook = next(h for h in module.hooks.hooks if isinstance(h, VPPO))
+    assert hook.paired_pass and not hook.needs_old_logprobs  # the loop leaves the old log-probs to the hook
+    module.objective.suppress_ids = []
+    module.log_dict = lambda *a, **k: None
+    rollout = module.rollout_engine.generate(module.vlm, [module.train_data[i] for i in range(2)])
+    paired = replace(rollout, extras={})
+    hook.extra_pass(paired, module)
+    separate = replace(rollout, extras={})
+    separate.old_logprobs = score_logprobs(module.policy, rollout, 1.0, module.micro_batch_size)
+    hook.extra_pass(separate, module)
+    assert torch.allclose(paired.old_logprobs, separate.old_logprobs, atol=1e-5)
+    assert torch.allclose(paired.extras["visual_dependency"], separate.extras["visual_dependency"], atol=1e-4)
+    assert paired.extras["visual_dependency"].sum() > 0

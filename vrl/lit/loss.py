@@ -94,15 +94,17 @@ class Objective:
             "kept_tokens": loss_mask.detach().sum(),
             "tokens": mask.sum(),
         }
+        # auxiliary branches (PEARL's probes) carry their policy-gradient term only, as published
+        main = mask if micro.branch is None else mask * (micro.branch == 0).to(mask.dtype)[:, None]
         if self.kl is not None and self.kl.coef > 0:
-            kl = self.kl(logprobs, micro.ref_logprobs)
+            kl = self.kl(logprobs, micro.ref_logprobs) * main
             per_token = per_token + self.kl.coef * kl
             stats["kl_sum"] = (kl.detach() * mask).sum()
         if self.nll_coef != 0:
-            per_token = per_token - self.nll_coef * logprobs
+            per_token = per_token - self.nll_coef * logprobs * main
             stats["nll_sum"] = (-logprobs.detach() * mask).sum()
         if entropy is not None:
-            per_token = per_token - self.entropy_coef * entropy
+            per_token = per_token - self.entropy_coef * entropy * main
             stats["entropy_sum"] = (entropy.detach() * mask).sum()
         loss = self.loss_agg(per_token, mask, normalizer)
         return loss, stats, {"logits": logits, "logprobs": logprobs, "entropy": entropy}
@@ -117,13 +119,18 @@ class Objective:
         weights = mask
         if self.loss_agg.mode == "seq_mean_token_mean":  # each sequence's tokens share weight 1 / L_i
             weights = mask / mask.sum(-1, keepdim=True).clamp(min=1)
+        use_kl = self.kl is not None and self.kl.coef > 0
+        if micro.branch is not None and (use_kl or self.entropy_coef or self.nll_coef):
+            raise ValueError(
+                "kernels.impl: the fused loss applies KL/entropy/nll terms to every row, but auxiliary rollout "
+                "branches (PEARL probes) carry the policy-gradient term only: use kernels=torch with this stack"
+            )
         if normalizer.dim():  # per-sequence denominators (rollout branches) folded into the token weights
             weights, normalizer = weights / normalizer[:, None], torch.ones((), device=normalizer.device)
         old = micro.old_logprobs
         if old is None:  # strictly on-policy: old = current log-probs (ratio 1), read without a graph
             old = vocab_stats(logits.detach(), targets, impl=self.kernel_impl).logprob * mask
         loss_mask = micro.loss_mask if micro.loss_mask is not None else mask
-        use_kl = self.kl is not None and self.kl.coef > 0
         loss, st = masked_grpo_loss(
             logits, targets, old, micro.advantages, loss_mask, weights, normalizer,
             ref_logprobs=micro.ref_logprobs if use_kl else None, beta=self.kl.coef if use_kl else 0.0,
