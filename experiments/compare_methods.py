@@ -6,7 +6,12 @@ script then reads the runs back and writes a table, a JSON and a learning-curve 
     python experiments/compare_methods.py --methods grpo_base,vppo --seeds 0,1,2 --out experiments/results/cmp
     python experiments/compare_methods.py --methods grpo_base,vppo --seeds 0 --steps 20   # smoke
 
-Method names are `+method=` presets; `grpo_base` means vrl's base config (GRPO, no KL) with no preset.
+Method names are `+method=` presets; `grpo_base` means vrl's base config (GRPO, no KL) with no preset; `a+b`
+stacks presets (`+method=[a,b]`). `--pearl-overrides` go to the arms that include PEARL only.
+
+    python experiments/compare_methods.py --methods grpo_base,vppo,pearl,vppo+pearl --seeds 0,1,2 \
+        --pearl-overrides hooks.pearl.group_size=4 hooks.pearl.max_items=1 hooks.pearl.plain_single=true \
+        hooks.pearl.fallback=first_word --out experiments/results/compare_four
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ def run_one(method: str, seed: int, args, tracking_uri: str) -> float:
                  f"run_name={method}-s{seed}", "save_policy=false", "trainer.enable_progress_bar=false",
                  f"trainer.val_check_interval={args.val_every}", *args.extra]  # fmt: skip
     if method != "grpo_base":
-        overrides.insert(0, f"+method={method}")
+        overrides.insert(0, f"+method=[{','.join(method.split('+'))}]")
+    if "pearl" in method.split("+"):
+        overrides += args.pearl_overrides
     t0 = time.time()
     out = subprocess.run([sys.executable, "-m", "vrl", *overrides], cwd=args.workdir, capture_output=True, text=True)
     if out.returncode != 0:
@@ -44,7 +51,8 @@ def collect(tracking_uri: str, name: str) -> dict:
     runs = {}
     for r in client.search_runs([exp.experiment_id], max_results=1000):
         hist = {k: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, k)]
-                for k in ("rollout/accuracy", "val/accuracy", "perf/step_time_s", "perf/vppo_pass_s")}  # fmt: skip
+                for k in ("rollout/accuracy", "val/accuracy", "perf/step_time_s", "perf/vppo_pass_s",
+                          "pearl/probe_score", "pearl/gate_pass", "rollout/generate_calls")}  # fmt: skip
         runs[r.info.run_name] = {"run_id": r.info.run_id, **{k: sorted(v) for k, v in hist.items()}}
     return runs
 
@@ -103,6 +111,7 @@ def main() -> None:
     p.add_argument("--name", default="compare_methods")
     p.add_argument("--out", default="experiments/results/compare_methods")
     p.add_argument("--workdir", default="/tmp/vrl-compare")
+    p.add_argument("--pearl-overrides", nargs="*", default=[], help="Hydra overrides for arms with PEARL")
     p.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
     args = p.parse_args()
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
