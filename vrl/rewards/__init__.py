@@ -5,6 +5,7 @@ from .extract import AnswerExtractor
 from .format import ThinkAnswerFormat
 from .iou import BoxIoU, box_giou, box_iou
 from .length import LengthPenalty, OverlongPenalty
+from .perception import RepetitionPenalty, VisualPerception
 
 __all__ = [
     "Accuracy",
@@ -12,7 +13,9 @@ __all__ = [
     "BoxIoU",
     "LengthPenalty",
     "OverlongPenalty",
+    "RepetitionPenalty",
     "ThinkAnswerFormat",
+    "VisualPerception",
     "box_giou",
     "box_iou",
 ]
