@@ -8,6 +8,8 @@ the documented order. Configure hooks as a dict under ``hooks:``; a preset adds 
 Per step, in order:
 
 1. ``on_step_start(step, module)``                 H1  stage scheduling, curricula
+   ``replace_step(module) -> stats | None``         H11  a non-RL step (an SFT stage): the first hook returning
+                                                    a dict runs the step itself, the RL step is skipped
 2. ``on_prompts(samples, module) -> samples``      H5/H6  probe rollouts, pre-rollout gates
    ``on_rollout(rollout, module) -> rollout``      H5  after the main rewards: attach auxiliary branches
 3. ``filter_groups(rollout, module) -> keep [N]``  H6  post-rollout group filters (dynamic sampling)
@@ -47,6 +49,13 @@ class HookSet:
     def on_step_start(self, step: int, module) -> None:
         for h in self._with("on_step_start"):
             h.on_step_start(step, module)
+
+    def replace_step(self, module) -> dict[str, float] | None:
+        """Metrics of the first hook that ran this step itself (e.g. an SFT stage), or None for an RL step."""
+        for h in self._with("replace_step"):
+            if (stats := h.replace_step(module)) is not None:
+                return stats
+        return None
 
     def on_prompts(self, samples: list[dict], module) -> list[dict]:
         for h in self._with("on_prompts"):

@@ -164,6 +164,9 @@ class RLModule(L.LightningModule):
         t0 = time.perf_counter()
         step = self.global_step  # optimizer steps before this RL step
         self.hooks.on_step_start(step, self)
+        if (stats := self.hooks.replace_step(self)) is not None:  # H11: e.g. an SFT stage runs its own step
+            self.log_dict(stats, on_step=True)
+            return
         rollout = self.make_rollout()
         t_rollout = time.perf_counter() - t0
         if rollout is not None and rollout.num_sequences > 0:

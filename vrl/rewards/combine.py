@@ -123,6 +123,17 @@ class RewardSet:
             if unknown:
                 raise ValueError(f"reward sandbox: {knob} names unknown terms {unknown}; terms: {sorted(terms)}")
         self.timeout_s, self.isolate, self.workers = timeout_s, isolate, workers
+        self._settings = {
+            "timeout_s": timeout_s,
+            "default": default,
+            "isolate": isolate,
+            "workers": workers,
+            "degenerate_warn_after": degenerate_warn_after,
+            "isolate_terms": isolate_terms,
+            "term_defaults": term_defaults,
+            "start_method": start_method,
+            "worker_drop_keys": worker_drop_keys,
+        }
         self.degenerate_warn_after = degenerate_warn_after
         self.worker_drop_keys = frozenset(worker_drop_keys or ())
         self.defaults = {name: float((term_defaults or {}).get(name, default)) for name in self.terms}
@@ -163,6 +174,20 @@ class RewardSet:
             total += float(getattr(term, "weight", 1.0)) * components[name]
         self._watch(total)
         return total, components
+
+    def with_terms(self, terms: Mapping[str, Any]) -> RewardSet:
+        """A new reward set over ``terms`` with this one's sandbox settings (a curriculum stage's reward).
+
+        ``isolate_terms`` and ``term_defaults`` keep only the names ``terms`` has, so a run that isolates
+        ``accuracy`` still isolates a stage's ``accuracy`` while a stage without it does not fail validation.
+        """
+        names = {name for name, term in terms.items() if term is not None}
+        settings = dict(self._settings)
+        if settings["isolate_terms"] is not None:
+            settings["isolate_terms"] = [name for name in settings["isolate_terms"] if name in names]
+        if settings["term_defaults"]:
+            settings["term_defaults"] = {k: v for k, v in settings["term_defaults"].items() if k in names}
+        return RewardSet(terms, **settings)
 
     # ----------------------------------------------------------------- running the terms
     def _score_here(self, name: str, responses: list[str], samples: list[dict]) -> list[float]:
@@ -276,11 +301,15 @@ class RewardSet:
         Returns:
             ``reward/errors/<term>``, ``reward/timeouts/<term>``, ``reward/nonfinite/<term>`` (samples that got
             the default for each reason), ``reward/fallbacks/<term>`` (batch calls that failed and were
-            retried sample by sample) and ``reward/degenerate_streak`` (the current streak; not reset here).
+            retried sample by sample), ``reward/degenerate_streak`` (the current streak; not reset here), and
+            whatever terms with a ``pop_stats`` of their own report (judge failures, cache hits).
         """
         stats = {f"reward/{kind}/{name}": float(c) for kind, per in self._counts.items() for name, c in per.items()}
         self._counts = {kind: dict.fromkeys(self.terms, 0) for kind in _COUNTERS}
         stats["reward/degenerate_streak"] = float(self.degenerate_streak)
+        for term in self.terms.values():  # terms' own counters (e.g. a judge's failures), when they keep any
+            if callable(getattr(term, "pop_stats", None)):
+                stats |= term.pop_stats()
         return stats
 
     def close(self) -> None:

@@ -1,0 +1,387 @@
+"""Stage scheduler (hooks H1 + H11): a run as a sequence of stages, each with its own data, reward and sampling.
+
+A curriculum (Curr-ReFT's yes/no -> multiple choice -> open questions, RewardMap's easy -> hard question
+types) changes *what* the loop trains on, not *how*: one :class:`StageScheduler` hook applies the current
+:class:`Stage` to the module at the start of every step (its prompt stream, reward terms, G, sampling
+temperature) and moves to the next stage when the stage's switch rule fires. A stage of kind ``sft`` runs
+rejection-sampled supervised steps instead of RL steps (:mod:`vrl.lit.sft`, via ``replace_step``).
+
+Switch rules, checked at the start of a step once the stage has run at least one step:
+
+- ``after_steps: N``: after N steps in the stage (Curr-ReFT switches at fixed checkpoints, 600 and 500);
+- ``exhausted: true`` (``epochs: n``): once the stage's prompt stream has handed out n passes over its data
+  (RewardMap's ordered stages); with B prompts per step and D rows that is ceil(n * D / B) steps;
+- ``metric: {name, threshold, mode}``: once the last logged value of ``name`` (``trainer.callback_metrics``)
+  is above / below the threshold (strictly).
+
+A stage without a rule lasts until the run ends; only the last stage may lack one. When the last stage's
+rule fires the curriculum is over: that step runs nothing and the run stops. An SFT stage whose judge kept
+nothing is skipped. Steps count ``training_step`` calls (a step whose groups were all filtered out still
+counts). Everything that decides the future (stage index, steps in the stage, every stage's prompt-stream
+position, the SFT kept set, the learning rate to restore, the switch metric's last value) is in
+:meth:`StageScheduler.state_dict`, so a run resumed mid-curriculum continues exactly where it stopped.
+
+With several data-parallel ranks each rank samples SFT candidates for its own shard of the prompts, and the
+checkpoint (written by rank 0) holds rank 0's kept set: resuming *inside* an SFT stage is exact on one rank only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+
+from vrl.data.source import PromptSource
+from vrl.lit.sft import RejectionSampling, build_sft_rollout, dataset_row, rejection_sample, sft_step
+
+KINDS = ("rl", "sft")
+MODES = ("above", "below")
+#: Rollout-engine attributes a stage may set; None keeps the run's value.
+SAMPLING = ("group_size", "temperature", "top_p", "max_new_tokens")
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """Switch when the last logged ``name`` is strictly above / below ``threshold``."""
+
+    name: str
+    threshold: float
+    mode: str = "above"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"metric rule: mode must be one of {MODES}, got {self.mode!r}")
+
+    def fired(self, value: float | None) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        return value > self.threshold if self.mode == "above" else value < self.threshold
+
+
+class Stage:
+    """One stage of a curriculum (``conf/curriculum``).
+
+    Args:
+        name: shown in logs and MLflow; the key of the stage in a ``stages`` mapping fills it.
+        kind: ``rl`` (a normal RL step) or ``sft`` (rejection-sampled supervised steps, see ``rejection``).
+        data: map-style dataset of the stage's prompts (an SFT stage samples its candidates from it);
+            None = the run's training data.
+        reward: name -> reward term merged over the run's terms while in the stage: a term replaces the
+            run's term of the same name, ``null`` removes one (run with the run's sandbox settings). None =
+            the run's reward unchanged. An SFT stage's judge defaults to the result.
+        group_size: G in the stage; None = the run's ``rollout.group_size``.
+        temperature: sampling temperature (the loss scores at the same one); None = the run's.
+        top_p: nucleus mass; None = the run's.
+        max_new_tokens: response length cap; None = the run's.
+        batch_size: prompts per step; None = the run's.
+        lr: SFT only: the learning rate while in the stage (the run's is restored after it).
+        lr_scale: SFT only: the learning rate as a multiple of the run's (Curr-ReFT: 2e-7 / 1e-6 = 0.2).
+        shuffle: shuffle the stage's data each epoch (False: ordered, as in RewardMap).
+        after_steps: switch rule: N steps in the stage.
+        exhausted: switch rule: ``epochs`` passes over the stage's data (the kept set for SFT).
+        epochs: passes for ``exhausted`` (setting it implies ``exhausted``).
+        metric: switch rule: ``{name, threshold, mode: above|below}``.
+        rejection: SFT only: how the kept set is built (:class:`vrl.lit.sft.RejectionSampling`).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        kind: str = "rl",
+        data: Any = None,
+        reward: Mapping[str, Any] | None = None,
+        group_size: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        lr_scale: float | None = None,
+        shuffle: bool = True,
+        after_steps: int | None = None,
+        exhausted: bool = False,
+        epochs: int | None = None,
+        metric: MetricRule | Mapping[str, Any] | None = None,
+        rejection: RejectionSampling | Mapping[str, Any] | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"stage {name!r}: kind must be one of {KINDS}, got {kind!r}")
+        self.name, self.kind, self.data = name, kind, data
+        self.reward = dict(reward) if reward else None
+        self.sampling = {"group_size": group_size, "temperature": temperature, "top_p": top_p}
+        self.sampling["max_new_tokens"] = max_new_tokens
+        self.batch_size, self.lr, self.lr_scale, self.shuffle = batch_size, lr, lr_scale, shuffle
+        self.after_steps = after_steps
+        self.epochs = epochs if epochs is not None else (1 if exhausted else None)
+        self.metric = MetricRule(**metric) if isinstance(metric, Mapping) else metric
+        if isinstance(rejection, Mapping):
+            rejection = RejectionSampling(**rejection)
+        self.rejection = rejection if rejection is not None or kind == "rl" else RejectionSampling()
+        self._validate()
+
+    def _validate(self) -> None:
+        where = f"stage {self.name!r}"
+        rules = [r for r in (self.after_steps, self.epochs, self.metric) if r is not None]
+        if len(rules) > 1:
+            raise ValueError(f"{where}: set one switch rule (after_steps, exhausted/epochs or metric)")
+        if (self.after_steps is not None and self.after_steps < 1) or (self.epochs is not None and self.epochs < 1):
+            raise ValueError(f"{where}: after_steps and epochs must be >= 1")
+        if self.kind == "rl" and (self.lr is not None or self.lr_scale is not None or self.rejection is not None):
+            raise ValueError(f"{where}: lr, lr_scale and rejection are for kind=sft (RL uses the run's optimizer)")
+        if self.lr is not None and self.lr_scale is not None:
+            raise ValueError(f"{where}: set lr or lr_scale, not both")
+        if self.sampling["group_size"] is not None and self.sampling["group_size"] < 2:
+            raise ValueError(f"{where}: group_size must be >= 2 for a group baseline")
+
+    @property
+    def has_rule(self) -> bool:
+        return self.after_steps is not None or self.epochs is not None or self.metric is not None
+
+
+class StageScheduler:
+    """Hook that runs a curriculum of :class:`Stage` s (hooks H1 and H11; ``hooks.curriculum``).
+
+    Args:
+        stages: name -> stage (config order is stage order) or a list of stages.
+        order: hook order; very low so that every other hook sees the stage's settings.
+        stop_at_end: stop the run when the last stage's rule fires (False: keep training in it).
+    """
+
+    def __init__(
+        self,
+        stages: Mapping[str, Stage] | Sequence[Stage],
+        order: int = -100,
+        stop_at_end: bool = True,
+    ) -> None:
+        if isinstance(stages, Mapping):
+            items = list(stages.items())
+            for key, stage in items:
+                stage.name = stage.name or str(key)
+            stages = [stage for _, stage in items]
+        self.stages: list[Stage] = [s for s in stages if s is not None]
+        if not self.stages:
+            raise ValueError("curriculum: no stages")
+        for i, stage in enumerate(self.stages):
+            stage.name = stage.name or f"stage{i}"
+            if not stage.has_rule and i < len(self.stages) - 1:
+                raise ValueError(f"curriculum: stage {stage.name!r} has no switch rule, so later stages never run")
+        if len({s.name for s in self.stages}) != len(self.stages):
+            raise ValueError(f"curriculum: stage names must be unique, got {[s.name for s in self.stages]}")
+        self.order, self.stop_at_end = order, stop_at_end
+        self.index, self.steps_in_stage, self.done = 0, 0, False
+        self.kept: dict[int, list[tuple[int, str]]] = {}
+        self.saved_lrs: list[float] | None = None
+        self.metric_value: float | None = None
+        self._sources: dict[int, PromptSource] = {}
+        self._pending_sources: dict[int, dict] = {}
+        self._rewards: dict[int, Any] = {}
+        self._base: dict[str, Any] | None = None
+        self._module: Any = None
+
+    @property
+    def stage(self) -> Stage:
+        return self.stages[self.index]
+
+    # ----------------------------------------------------------------- hook stages
+    def on_step_start(self, step: int, module: Any) -> None:
+        """Advance if the current stage's rule fired, then apply the (new) stage to the module."""
+        self._module = module
+        if self._base is None:
+            self._base = self._snapshot(module)
+        if not self.done and self.steps_in_stage > 0 and self._rule_fired(module):
+            self._advance(step, module)
+        while not self.done and self.steps_in_stage == 0 and not self._enter(step, module):
+            # an SFT stage whose judge kept nothing has nothing to fit: skip it (or end, if it is the last)
+            if self.index == len(self.stages) - 1:
+                self._finish(step, module, "kept no SFT pairs")
+            else:
+                self._advance(step, module)
+        if self.done:
+            module.trainer.should_stop = True  # also after a resume from a finished curriculum
+            return
+        self._apply(module)
+        module.log("curriculum/stage", float(self.index), on_step=True)
+        self.steps_in_stage += 1
+
+    def replace_step(self, module: Any) -> dict[str, float] | None:
+        """An SFT stage's step (the RL step is skipped); None in RL stages."""
+        if self.done:
+            return {"curriculum/done": 1.0}
+        if self.stage.kind != "sft":
+            return None
+        batch = self._stage_source(module).next_batch()
+        data = self._data(self.stage, module)
+        rows = [dataset_row(data, p["index"]) for p in batch]
+        engine = module.rollout_engine
+        rollout = build_sft_rollout(
+            module.vlm, rows, [p["response"] for p in batch], engine.system_prompt, engine.prompt_suffix
+        )
+        return sft_step(module, rollout) | {"sft/kept": float(len(self.kept[self.index]))}
+
+    # ----------------------------------------------------------------- switching
+    def _rule_fired(self, module: Any) -> bool:
+        stage = self.stage
+        if stage.after_steps is not None:
+            return self.steps_in_stage >= stage.after_steps
+        if stage.epochs is not None:
+            source = self._stage_source(module)  # one pass = this rank's equal shard of the data
+            return source.rows_drawn >= stage.epochs * (len(source.dataset) // source.world_size)
+        if stage.metric is not None:
+            return stage.metric.fired(self._metric(module))
+        return False
+
+    def _metric(self, module: Any) -> float | None:
+        """The switch metric's last logged value; after a resume, the one saved with the checkpoint."""
+        value = module.trainer.callback_metrics.get(self.stage.metric.name)
+        return float(value) if value is not None else self.metric_value
+
+    def _advance(self, step: int, module: Any) -> None:
+        if self.index == len(self.stages) - 1:
+            if self.stop_at_end:
+                self._finish(step, module, "finished")
+            return
+        old = self._rewards.pop(self.index, None)
+        if old is not None:  # the stage's reward set is never used again: end its workers, if any
+            old.close()
+        self.index, self.steps_in_stage, self.metric_value = self.index + 1, 0, None
+
+    def _finish(self, step: int, module: Any, why: str) -> None:
+        self.done = True
+        module.trainer.should_stop = True
+        module.print(f"[vrl] curriculum: last stage {self.stage.name!r} {why} at step {step}; stopping the run")
+
+    def _enter(self, step: int, module: Any) -> bool:
+        """First step of a stage: announce it, and for SFT build the kept set. False when SFT kept nothing."""
+        stage = self.stage
+        module.print(f"[vrl] curriculum: stage {self.index} {stage.name!r} ({stage.kind}) starts at step {step}")
+        logger = getattr(module, "logger", None)
+        if isinstance(logger, MLFlowLogger):
+            client, run_id = logger.experiment, logger.run_id
+            client.set_tag(run_id, "curriculum/stage", stage.name)
+            client.log_param(run_id, f"curriculum/{self.index}_{stage.name}_start_step", step)
+        if stage.kind != "sft" or self.index in self.kept:
+            return True
+        self._apply(module)  # candidates are sampled with the stage's settings
+        self._build_kept(module)
+        return bool(self.kept[self.index])
+
+    # ----------------------------------------------------------------- applying a stage
+    @staticmethod
+    def _snapshot(module: Any) -> dict[str, Any]:
+        """The run's own settings, which a stage falls back to for every knob it leaves unset."""
+        engine = module.rollout_engine
+        return {
+            "sampling": {k: getattr(engine, k) for k in SAMPLING},
+            "batch_size": module.batch_size,
+            "reward": module.reward,
+        }
+
+    def _data(self, stage: Stage, module: Any) -> Any:
+        return stage.data if stage.data is not None else module.train_data
+
+    def _apply(self, module: Any) -> None:
+        stage, base = self.stage, self._base
+        engine = module.rollout_engine
+        for key in SAMPLING:
+            value = stage.sampling[key]
+            setattr(engine, key, value if value is not None else base["sampling"][key])
+        module.objective.temperature = engine.temperature  # scored at the temperature it was sampled at
+        module.batch_size = stage.batch_size or base["batch_size"]
+        module.reward = self._reward(self.index)
+        if stage.kind == "rl":
+            module.prompts = self._stage_source(module)
+        self._apply_lr(stage, module)
+
+    def _reward(self, index: int) -> Any:
+        terms = self.stages[index].reward
+        if terms is None:
+            return self._base["reward"]
+        if index not in self._rewards:
+            base = self._base["reward"]
+            self._rewards[index] = base.with_terms({**base.terms, **terms})  # None entries are dropped
+        return self._rewards[index]
+
+    def _stage_source(self, module: Any) -> PromptSource:
+        """The current stage's own stream (of prompts; of kept pairs for SFT), built once and then resumable.
+
+        Each stage is seeded apart (``data_seed + index``) so stages that share data see it in new orders.
+        """
+        index, stage = self.index, self.stage
+        if index not in self._sources:
+            batch = stage.batch_size or self._base["batch_size"]
+            dataset = self._data(stage, module)
+            if stage.kind == "sft":  # a batch never holds a kept pair twice, even when few were kept
+                dataset = [{"index": i, "response": r} for i, r in self.kept[index]]
+                batch = min(stage.rejection.batch_size or batch, len(dataset))
+            source = PromptSource(
+                dataset,
+                batch,
+                seed=module.data_seed + index,
+                shuffle=stage.shuffle,
+                rank=module.global_rank,
+                world_size=max(1, module.trainer.world_size),
+            )
+            if index in self._pending_sources:
+                source.load_state_dict(self._pending_sources.pop(index))
+            self._sources[index] = source
+        return self._sources[index]
+
+    def _apply_lr(self, stage: Stage, module: Any) -> None:
+        """SFT stages train at their own learning rate; the run's is saved and restored after them."""
+        groups = module.optimizers().param_groups
+        if stage.lr is None and stage.lr_scale is None:
+            if self.saved_lrs is not None:
+                for group, lr in zip(groups, self.saved_lrs):
+                    group["lr"] = lr
+                self.saved_lrs = None
+            return
+        if self.saved_lrs is None:
+            self.saved_lrs = [float(g["lr"]) for g in groups]
+        for group, lr in zip(groups, self.saved_lrs):
+            group["lr"] = stage.lr if stage.lr is not None else lr * stage.lr_scale
+
+    def _build_kept(self, module: Any) -> None:
+        """Sample, judge and keep the SFT stage's training pairs (once per stage: they are checkpointed)."""
+        stage, rs = self.stage, self.stage.rejection
+        data = self._data(stage, module)
+        shard = list(range(len(data)))[: rs.max_prompts]
+        shard = shard[module.global_rank :: max(1, module.trainer.world_size)]
+        judge = self._base["reward"].with_terms(rs.judge) if rs.judge else module.reward
+        per_call = rs.prompts_per_call or self._base["batch_size"]
+        engine = module.rollout_engine
+        kept, stats = rejection_sample(engine, module.vlm, data, shard, rs.candidates, judge, rs.threshold, per_call)
+        if judge is not module.reward:
+            judge.close()
+        self.kept[self.index] = kept
+        module.print(
+            f"[vrl] curriculum: stage {stage.name!r} kept {len(kept)} of {int(stats['sft/candidates'])} "
+            f"candidates (judge reward >= {rs.threshold})"
+        )
+        module.log_dict(stats, on_step=True)
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        sources = dict(self._pending_sources) | {i: s.state_dict() for i, s in self._sources.items()}
+        if self._module is not None and self.stage.metric is not None:
+            value = self._module.trainer.callback_metrics.get(self.stage.metric.name)
+            self.metric_value = float(value) if value is not None else self.metric_value
+        return {
+            "index": self.index,
+            "steps_in_stage": self.steps_in_stage,
+            "done": self.done,
+            "sources": sources,
+            "kept": {i: [[idx, resp] for idx, resp in pairs] for i, pairs in self.kept.items()},
+            "saved_lrs": self.saved_lrs,
+            "metric_value": self.metric_value,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.index, self.steps_in_stage = int(state["index"]), int(state["steps_in_stage"])
+        self.done = bool(state.get("done", False))
+        self.kept = {int(i): [(int(idx), str(resp)) for idx, resp in pairs] for i, pairs in state["kept"].items()}
+        self.saved_lrs = state.get("saved_lrs")
+        self.metric_value = state.get("metric_value")
+        self._sources, self._pending_sources = {}, {int(i): dict(s) for i, s in state["sources"].items()}
