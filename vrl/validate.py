@@ -8,17 +8,22 @@ traceback from deep inside a constructor. Three passes:
 2. the cheap method objects are built, so their own value checks run (G < 2, negative clip, ...);
 3. cross-group rules that no single constructor can see (filters naming reward terms that do not exist,
    kernel paths that cannot fuse the chosen loss).
+
+Rules about configs that run but probably do not do what was meant log a warning on the ``vrl`` logger instead.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import types
 import typing
 from typing import Any
 
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("vrl")
 
 CHEAP_GROUPS = ("rollout", "advantage", "policy_loss", "loss_agg", "kl")
 
@@ -39,6 +44,7 @@ def validate_config(cfg: DictConfig) -> None:
             except Exception as err:  # noqa: BLE001 - re-raised with the key named
                 raise ConfigError(f"{group}: {_root_cause(err)}") from err
     _check_cross_group(cfg)
+    _warn_rewardmap_weight(cfg)
 
 
 def _targets(node: Any, path: str = ""):
@@ -146,3 +152,37 @@ def _check_cross_group(cfg: DictConfig) -> None:
         raise ConfigError(f"kernels.impl={impl}: the fused loss supports kl.estimator=k3 only; use kernels=torch")
     if cfg.data_loader.batch_size < 1:
         raise ConfigError(f"data_loader.batch_size must be >= 1, got {cfg.data_loader.batch_size}")
+
+
+def _warn_rewardmap_weight(cfg: DictConfig) -> None:
+    """Warn where RewardMap's difficulty weight W does nothing or is applied twice (shared/methods/core.md §5.6).
+
+    W is the same for all G rollouts of a prompt, so inside the reward a std-normalised advantage divides it out
+    (up to eps); after normalisation (``weight_after_norm`` + the ``DifficultyWeight`` hook) it scales the update.
+    """
+    from vrl.rewards.rewardmap import DifficultyWeight, RewardMap
+
+    def built(group: str, cls: type) -> dict[str, Any]:
+        nodes = {k: v for k, v in (cfg.get(group) or {}).items() if v and v.get("_target_")}
+        return {k: instantiate(v) for k, v in nodes.items() if get_object(v["_target_"]) is cls}
+
+    hooks = built("hooks", DifficultyWeight)
+    for name, term in built("reward", RewardMap).items():
+        where = f"reward.{name}: RewardMap's difficulty weight W"
+        if not term.weight_after_norm and hooks:
+            log.warning(
+                "%s is applied twice (reward and hooks.%s); set weight_after_norm=true", where, ", ".join(hooks)
+            )
+        elif not term.weight_after_norm and cfg.get("advantage") and instantiate(cfg.advantage).normalises_scale:
+            log.warning(
+                "%s is inside the reward, where advantage=%s divides it out again (same W for the whole group); "
+                "set reward.%s.weight_after_norm=true and add a DifficultyWeight hook (as +method=rewardmap does) "
+                "to apply it after normalisation, or use an advantage without std (group_mean, rloo)",
+                where,
+                cfg.advantage.estimator,
+                name,
+            )
+        elif term.weight_after_norm and not hooks:
+            log.warning(
+                "%s is left out of the reward (weight_after_norm) and no DifficultyWeight hook applies it", where
+            )
