@@ -32,8 +32,9 @@ ARMS = {
 
 def run_arm(name: str, rep: int, args, uri: str) -> None:
     overrides = [*ARMS[name], "experiment=color_words", f"trainer.max_steps={args.steps}",
-                 "trainer.limit_val_batches=0", f"logger.tracking_uri={uri}", "logger.experiment_name=overhead", f"run_name={name}-r{rep}",
-                 "save_policy=false", "trainer.enable_progress_bar=false", "update.log_rollouts_every=0"]  # fmt: skip
+                 "trainer.limit_val_batches=0", f"logger.tracking_uri={uri}", "logger.experiment_name=overhead",
+                 f"run_name={name}-r{rep}", "save_policy=false", "trainer.enable_progress_bar=false",
+                 "update.log_rollouts_every=0"]  # fmt: skip
     out = subprocess.run([sys.executable, "-m", "vrl", *overrides], cwd=args.workdir, capture_output=True, text=True)
     if out.returncode != 0:
         print(out.stderr[-3000:], file=sys.stderr)
