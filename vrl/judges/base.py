@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-from vrl.methods.checklist import _tag_contents
+from vrl.methods.checklist import tag_contents
 
 logger = logging.getLogger("vrl")
 
@@ -238,7 +238,7 @@ def parse_verdict(text: str, m: int) -> Verdict:
     Returns:
         A verdict with ``raw=text``; ``ok`` False (and all scores 0) when unreadable.
     """
-    tags = dict(_tag_contents(text, "info"))
+    tags = dict(tag_contents(text, "info"))
     scores: list[float] = []
     for k in range(1, m + 1):
         if k not in tags:

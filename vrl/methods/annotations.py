@@ -25,7 +25,7 @@ from functools import lru_cache
 from itertools import combinations
 
 from vrl.data.scene import Chart, Scene, SceneObject, from_dict
-from vrl.methods.checklist import _tag_contents, _target_keys
+from vrl.methods.checklist import tag_contents, target_keys
 
 #: The published column with the annotations of a real row.
 VISUAL_KEY_INFO = "visual_key_info"
@@ -47,7 +47,7 @@ def parse_visual_key_info(text: str | None) -> list[str]:
     """
     if not isinstance(text, str) or not text.strip():
         return []
-    tags = dict(_tag_contents(text, "info"))
+    tags = dict(tag_contents(text, "info"))
     if not tags:
         return [" ".join(text.split())]
     return [tags[k] for k in sorted(tags) if tags[k]]
@@ -86,7 +86,7 @@ def annotations_from_scene(meta: dict | str, max_items: int | None = 8) -> list[
     if not isinstance(graph_dict, dict) or "kind" not in graph_dict:
         return []
     graph = from_dict(graph_dict)
-    targets = _target_keys(meta.get("target") or [])
+    targets = target_keys(meta.get("target") or [])
     ranked = _chart_facts(graph, targets) if isinstance(graph, Chart) else _scene_facts(graph, targets)
     ranked.sort(key=lambda r: r[0])  # stable: ties keep their reading order
     facts = list(dict.fromkeys(fact for _, fact in ranked))

@@ -123,7 +123,7 @@ def checklist_from_scene(meta: dict | str, max_items: int = 4, rng: Random | Non
     main = _main_question(meta)
     if rng is None:
         rng = row_rng("checklist", json.dumps(graph_dict, sort_keys=True), main)
-    targets = _target_keys(meta.get("target") or [])
+    targets = target_keys(meta.get("target") or [])
     if meta.get("question") == "chart_argmax" and isinstance(graph, Chart):
         targets = set(graph.categories)  # "tallest" rests on every bar's value, not just the winner's
     make = _chart_candidates if isinstance(graph, Chart) else _scene_candidates
@@ -151,7 +151,7 @@ def _main_question(meta: dict) -> str | None:
         return None
 
 
-def _target_keys(target: list[dict]) -> set[str]:
+def target_keys(target: list[dict]) -> set[str]:
     """Names of target objects (``red circle``) or categories of target bars."""
     return {t["category"] if "category" in t else f"{t.get('color')} {t.get('shape')}" for t in target}
 
@@ -247,7 +247,7 @@ def _open_tag(letter: str) -> re.Pattern[str]:
     return re.compile(rf"<\s*{letter}\s*(\d+)\s*>", re.IGNORECASE)
 
 
-def _tag_contents(text: str, letter: str) -> list[tuple[int, str]]:
+def tag_contents(text: str, letter: str) -> list[tuple[int, str]]:
     """``(K, content)`` of each ``<letterK>...</letterK>``, in order, whitespace collapsed.
 
     A tag's content ends at its closing tag, searched only up to the next opening tag of the same letter.
@@ -290,7 +290,7 @@ def checklist_from_columns(
             repeated, a question or answer is empty, or ``answer_types`` has the wrong length. The caller
             quarantines the row: a wrong ground truth would teach the policy to misperceive.
     """
-    questions, answers = _tag_contents(probe_problem, "q"), _tag_contents(probe_answer, "a")
+    questions, answers = tag_contents(probe_problem, "q"), tag_contents(probe_answer, "a")
     if not questions and not answers:
         boxed = last_boxed(probe_answer)
         questions = [(1, " ".join(probe_problem.replace("<image>", " ").split()))]
@@ -347,7 +347,7 @@ def parse_probe_answers(response: str) -> dict[int, str]:
     unclosed tag followed by another tag. The final tag may be unclosed: its content runs to the end of
     the string, so a generation cut off by the length limit right after its last answer keeps it.
     """
-    return dict(_tag_contents(response, "a"))
+    return dict(tag_contents(response, "a"))
 
 
 def score_probe(response: str, items: list[ProbeItem], denominator: str = "checklist") -> float:
