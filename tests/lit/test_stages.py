@@ -298,3 +298,10 @@ def test_an_sft_stage_whose_judge_keeps_nothing_is_skipped():
     sched = _sft_curriculum(threshold=2.0)  # 1.5 < 2: nothing passes
     assert run(sched, module, 3) == [0, 2, 2]
     assert sched.kept[1] == [] and module.optimizers().param_groups[0]["lr"] == 0.1
+
+
+def test_a_null_stage_is_switched_off():
+    from vrl.lit.stages import Stage, StageScheduler
+
+    sched = StageScheduler({"a": Stage(after_steps=1), "b": None, "c": Stage()})
+    assert [s.name for s in sched.stages] == ["a", "c"]

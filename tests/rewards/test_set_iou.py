@@ -41,3 +41,14 @@ def test_without_tasks_every_text_row_is_a_label_row():
     term = LabelSetAccuracy({"synonyms": None})
     assert term(["left right"], [{"answer": "left", "answer_type": "text", "task": "spatial"}]) == [0.5]
     assert term.name == "accuracy"  # replaces the plain accuracy term when merged over a run's reward
+
+
+def test_wrapping_a_label_set_accuracy_unwraps_it_once():
+    from vrl.rewards.set_iou import LabelSetAccuracy
+
+    inner = LabelSetAccuracy()
+    outer = LabelSetAccuracy(accuracy=inner)
+    assert outer.accuracy is inner.accuracy
+    # {red, blue} vs {red, green}: intersection 1, union 3 -> 1/3
+    row = {"answer": "red, green", "answer_type": "text", "task": "classify"}
+    assert outer.score("red, blue", row) == inner.score("red, blue", row) == pytest.approx(1 / 3)

@@ -159,7 +159,8 @@ class StageScheduler:
         if isinstance(stages, Mapping):
             items = list(stages.items())
             for key, stage in items:
-                stage.name = stage.name or str(key)
+                if stage is not None:  # `stages.<name>=null` switches a stage off
+                    stage.name = stage.name or str(key)
             stages = [stage for _, stage in items]
         self.stages: list[Stage] = [s for s in stages if s is not None]
         if not self.stages:

@@ -60,6 +60,8 @@ class LabelSetAccuracy:
             accuracy = Accuracy()
         elif isinstance(accuracy, Mapping):
             accuracy = Accuracy(**{k: v for k, v in accuracy.items() if not str(k).startswith("_")})
+        if isinstance(accuracy, LabelSetAccuracy):  # a run whose accuracy is already label-aware: wrap once
+            accuracy = accuracy.accuracy
         self.accuracy = accuracy
         self.tasks = frozenset(tasks) if tasks is not None else None
         self.answer_types = frozenset(answer_types)
