@@ -1,14 +1,15 @@
 """Dispatch rules, the package name guard, the no-Triton import path and a CPU proxy for "no host syncs"."""
 
 import contextlib
+import json
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
 
-import vrl_kernels
 from vrl_kernels import (
     dual_vocab_stats,
     masked_grpo_loss,
@@ -67,21 +68,72 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-def test_folder_never_shadows_the_kernels_package():
-    # `python -c` puts the repo root on sys.path, where `kernels/` lives. It has no __init__.py, so at most an
-    # empty namespace package comes back: none of our code, no __file__, and transformers' probe for HF's
-    # `kernels` package (which imports it) still reports it absent.
-    code = (
-        "import kernels, transformers.utils.import_utils as iu\n"
-        "assert getattr(kernels, '__file__', None) is None, kernels.__file__\n"
-        "assert not hasattr(kernels, 'vocab_stats') and not hasattr(kernels, 'get_kernel')\n"
-        "assert not iu.is_kernels_available()\n"
-        "import vrl_kernels\n"
-        "print('ok')"
-    )
-    out = _run_python(code, REPO)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
-    assert Path(vrl_kernels.__file__).resolve().parent == REPO / "kernels" / "vrl_kernels"
+def _site_packages_farm(root: Path, with_kernels: bool) -> Path:
+    """A site directory that mirrors this interpreter's, with HF's ``kernels`` package present or absent.
+
+    Every entry of site-packages is symlinked except ``kernels`` and its dist-info; with ``with_kernels`` the real
+    package is linked back when installed, otherwise a minimal stand-in (an ``__init__`` with ``get_kernel`` and
+    its metadata) is planted. Both environments thus exist whatever this machine has installed.
+    """
+    site = Path(sysconfig.get_paths()["purelib"])
+    farm = root / ("site-with" if with_kernels else "site-without")
+    farm.mkdir()
+    hf_kernels = [p for p in site.iterdir() if p.name == "kernels" or p.name.startswith("kernels-")]
+    for entry in site.iterdir():
+        if entry not in hf_kernels:
+            (farm / entry.name).symlink_to(entry)
+    if with_kernels and hf_kernels:
+        for entry in hf_kernels:
+            (farm / entry.name).symlink_to(entry)
+    elif with_kernels:
+        (farm / "kernels").mkdir()
+        (farm / "kernels" / "__init__.py").write_text("def get_kernel(name):\n    raise NotImplementedError\n")
+        (farm / "kernels-0.19.1.dist-info").mkdir()
+        (farm / "kernels-0.19.1.dist-info" / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: kernels\nVersion: 0.19.1\n"
+        )
+    return farm
+
+
+_PROBE = """
+import importlib, json, site, sys
+site.addsitedir(sys.argv[1])  # python -S: only this site dir (its .pth files too, e.g. the editable vrl install)
+try:
+    mod = importlib.import_module("kernels")
+    found = {"file": getattr(mod, "__file__", None), "get_kernel": hasattr(mod, "get_kernel"),
+             "ours": any(hasattr(mod, n) for n in ("vocab_stats", "masked_grpo_loss", "vrl_kernels"))}
+except ModuleNotFoundError:
+    found = None
+import transformers.utils.import_utils as iu
+import vrl_kernels
+print(json.dumps({"kernels": found, "hf_probe": iu.is_kernels_available(), "vrl_kernels": vrl_kernels.__file__}))
+"""
+
+
+@pytest.mark.parametrize("with_kernels", [True, False], ids=["hf-kernels-installed", "hf-kernels-absent"])
+def test_folder_never_shadows_the_kernels_package(tmp_path, with_kernels):
+    # The property (issue 10): our top-level kernels/ folder never stands in for HF's PyPI `kernels` package.
+    # From the repository root (where `python -c` puts kernels/ on sys.path first) and from elsewhere,
+    # `import kernels` is the installed package or absent (at most an empty namespace: kernels/ has no
+    # __init__.py), transformers' probe gives the same answer in both places, and vrl_kernels is ours.
+    farm = _site_packages_farm(tmp_path, with_kernels)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    seen = {}
+    for where in (REPO, elsewhere):
+        out = subprocess.run(
+            [sys.executable, "-S", "-c", _PROBE, str(farm)], cwd=where, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        seen[where] = json.loads(out.stdout.strip().splitlines()[-1])
+        got = seen[where]
+        assert Path(got["vrl_kernels"]).resolve().parent == REPO / "kernels" / "vrl_kernels"
+        if with_kernels:  # the PyPI package (or its stand-in), imported from the site directory
+            assert got["kernels"]["get_kernel"] and Path(got["kernels"]["file"]).parent.parent == farm, got
+        else:  # absent, or only the empty namespace that kernels/ (no __init__.py) gives from the repo root
+            assert got["kernels"] in (None, {"file": None, "get_kernel": False, "ours": False}), got
+            assert got["hf_probe"] is False, got
+    assert seen[REPO]["hf_probe"] == seen[elsewhere]["hf_probe"], seen
 
 
 @contextlib.contextmanager
