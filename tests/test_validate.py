@@ -45,3 +45,30 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert "[vrl] config error: rollout: rollout.group_size (G) must be >= 2" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing was built
+
+
+HEAVY = {"lightning", "transformers", "mlflow", "datasets", "peft", "matplotlib"}
+
+
+@pytest.mark.parametrize(
+    ("args", "banned", "message"),
+    [
+        (["+rollout.group_sizee=3"], HEAVY | {"torch"}, "rollout.group_sizee: unknown key"),  # read from source
+        (["rollout.group_size=abc"], HEAVY | {"torch"}, "rollout.group_size: expected int"),
+        (["threads.intra_op=0"], HEAVY, "threads.intra_op must be 'auto' or an integer >= 1"),
+        (["rollout.group_size=1"], HEAVY, "rollout.group_size (G) must be >= 2"),  # the constructor's own check
+    ],
+)
+def test_config_errors_come_before_heavy_imports(tmp_path, args, banned, message):
+    # -X importtime lists every module the process imports on stderr. A misspelt key or a wrong type is found
+    # from source before torch; a bad value needs the (torch-only) constructor, never the heavy libraries.
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-P", "-m", "vrl", *args, "logger=none"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""},
+    )  # fmt: skip
+    lines = out.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
+    said = [line for line in lines if not line.startswith("import time:")]
+    assert out.returncode == 2
+    assert len(said) == 1 and said[0].startswith("[vrl] config error: ") and message in said[0], said
+    assert not imported & banned, sorted(imported & banned)

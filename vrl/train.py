@@ -14,6 +14,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from vrl.utils.threads import configure_threads
+
 log = logging.getLogger("vrl")
 
 
@@ -35,14 +37,21 @@ def _quiet() -> None:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train with a composed config; returns the final logged metrics (used by sweeps and tests)."""
+    from vrl.validate import ConfigError, check_keys, check_values
+
+    unread = check_keys(cfg)  # before torch: a typo costs a second, not the imports below
+    try:
+        threads = configure_threads(**{k: v for k, v in (cfg.get("threads") or {}).items() if k != "_target_"})
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    log.info(threads.describe())
+    check_values(cfg, unread)
     import lightning as L
 
     _quiet()
     from vrl.build import build_module, build_trainer
     from vrl.tracking import RolloutTableLogger, dataset_fingerprint, git_commit, log_run_metadata
-    from vrl.validate import validate_config
 
-    validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
     logger = None

@@ -1,11 +1,14 @@
 """Check a composed config before anything heavy is built (model, data, processes).
 
 A typo or a wrong type should cost a second and name the key, not a minute of model loading followed by a
-traceback from deep inside a constructor. Three passes:
+traceback from deep inside a constructor. Three passes, cheapest first:
 
 1. every ``_target_`` node binds to its constructor (unknown keys) and plain values match the annotated
-   types (``rollout.group_size=abc``);
-2. the cheap method objects are built, so their own value checks run (G < 2, negative clip, ...);
+   types (``rollout.group_size=abc``). The signature is read from the constructor's source file
+   (``vrl.utils.signature``), so this pass imports neither torch nor any library a target lives in; only
+   targets whose signature cannot be read statically are imported;
+2. the cheap method objects are built, so their own value checks run (G < 2, negative clip, ...); this
+   imports torch, nothing heavier;
 3. cross-group rules that no single constructor can see (filters naming reward terms that do not exist,
    kernel paths that cannot fuse the chosen loss).
 
@@ -14,6 +17,7 @@ Rules about configs that run but probably do not do what was meant log a warning
 
 from __future__ import annotations
 
+import ast
 import inspect
 import logging
 import types
@@ -22,6 +26,8 @@ from typing import Any
 
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from vrl.utils.signature import static_signature
 
 log = logging.getLogger("vrl")
 
@@ -34,8 +40,19 @@ class ConfigError(ValueError):
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming the first offending key, or return silently."""
+    check_values(cfg, check_keys(cfg))
+
+
+def check_keys(cfg: DictConfig) -> list[tuple[str, dict]]:
+    """Pass 1 without importing any target: names and types of every key whose constructor can be read from
+    source. Returns the ``(path, node)`` pairs that could not be read that way, for ``check_values``."""
     tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    for path, node in _targets(tree):
+    return [(path, node) for path, node in _targets(tree) if not _check_node_static(path, node)]
+
+
+def check_values(cfg: DictConfig, unread: list[tuple[str, dict]]) -> None:
+    """Passes 1 (for the ``unread`` nodes, by importing them), 2 and 3; imports torch."""
+    for path, node in unread:
         _check_node(path, node)
     for group in CHEAP_GROUPS:
         if cfg.get(group):
@@ -56,6 +73,53 @@ def _targets(node: Any, path: str = ""):
     elif isinstance(node, list):
         for i, value in enumerate(node):
             yield from _targets(value, f"{path}[{i}]")
+
+
+def _check_node_static(path: str, node: dict) -> bool:
+    """Check a node against its constructor's source; ``False`` when the signature cannot be read that way."""
+    sig = static_signature(str(node["_target_"]))
+    if sig is None:
+        return False
+    for key, value in node.items():
+        if key.startswith("_"):
+            continue
+        if key not in sig.params and not sig.var_keyword:
+            raise ConfigError(f"{path}.{key}: unknown key for {node['_target_']} (valid: {', '.join(sig.params)})")
+        hint = sig.annotations.get(key)
+        if hint is not None and not (isinstance(value, dict) and "_target_" in value) and not _matches_ast(value, hint):
+            raise ConfigError(f"{path}.{key}: expected {ast.unparse(hint)}, got {value!r} ({type(value).__name__})")
+    return True
+
+
+def _matches_ast(value: Any, hint: ast.expr) -> bool:
+    """``_matches`` for an annotation read from source: plain scalars, ``X | None``, ``Optional``/``Union``,
+    and containers are judged; any other annotation passes."""
+    if isinstance(hint, ast.Constant) and isinstance(hint.value, str):  # a quoted annotation
+        try:
+            hint = ast.parse(hint.value, mode="eval").body
+        except SyntaxError:
+            return True
+    if isinstance(hint, ast.Constant) and hint.value is None:
+        return value is None
+    if isinstance(hint, ast.BinOp) and isinstance(hint.op, ast.BitOr):
+        return _matches_ast(value, hint.left) or _matches_ast(value, hint.right)
+    name = hint.attr if isinstance(hint, ast.Attribute) else getattr(hint, "id", None)
+    if isinstance(hint, ast.Subscript):
+        outer = hint.value.attr if isinstance(hint.value, ast.Attribute) else getattr(hint.value, "id", "")
+        args = hint.slice.elts if isinstance(hint.slice, ast.Tuple) else [hint.slice]
+        if outer == "Optional":
+            return value is None or _matches_ast(value, args[0])
+        if outer == "Union":
+            return any(_matches_ast(value, a) for a in args)
+        name = outer
+    plain = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+    containers = {"list": list, "List": list, "tuple": tuple, "Tuple": tuple, "Sequence": list, "dict": dict}
+    containers |= {"Dict": dict, "Mapping": dict}
+    if name in plain:
+        return _matches(value, plain[name])
+    if name in containers:
+        return _matches(value, containers[name])
+    return True
 
 
 def _check_node(path: str, node: dict) -> None:
