@@ -15,6 +15,7 @@ os.environ.update(
         "TRANSFORMERS_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "HF_HOME": str(_CACHE / "hf"),
+        "VRL_CACHE_DIR": str(_CACHE / "vrl"),
         "HF_DATASETS_CACHE": str(_CACHE / "datasets"),
         "MPLCONFIGDIR": str(_CACHE / "mpl"),
         "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -146,7 +146,14 @@ def _load_or_build(spec: SyntheticSpec, num_samples: int, cache_dir: str, progre
     path = Path(cache_dir).expanduser() / f"synthetic-{spec.split}-{spec.digest(num_samples)}"
     if not (path / "dataset_info.json").exists():
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        _materialize(spec, num_samples, progress).save_to_disk(str(tmp))
+        rows = _materialize(spec, num_samples, progress)
+        was_off = datasets.utils.are_progress_bars_disabled()
+        datasets.utils.disable_progress_bars()  # our own bar already showed the build; no second "Saving" bar
+        try:
+            rows.save_to_disk(str(tmp))
+        finally:
+            if not was_off:
+                datasets.utils.enable_progress_bars()
         try:
             os.replace(tmp, path)  # atomic: a concurrent process never loads a half-written copy
         except OSError:
@@ -187,7 +194,9 @@ def build_synthetic(
             (no build time or memory, the same rows).
         cache_dir: with ``materialize``, save the dataset under this folder (named by a hash of every
             argument above) and reload it on the next call with the same arguments instead of
-            regenerating. ``None`` keeps it in memory only.
+            regenerating (the shipped configs use ``$VRL_CACHE_DIR`` or ``~/.cache/vrl``, /synthetic: the
+            default run's 2000 rows take ~2.5 s to render and ~0.01 s to reload). ``None`` keeps it in
+            memory only.
         split: mixed into every row's seed, so ``val`` rows are independent draws from ``train`` rows
             with the same seed.
         difficulties: levels to draw from uniformly (1: one or two objects / three bars, 2: three or four /
