@@ -98,13 +98,13 @@ def _print_tracking_hint(logger) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://vrl_conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from vrl.validate import ConfigError
+    from vrl.errors import UserInputError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         metrics = run(cfg)
-    except ConfigError as err:  # a clear one-line message, not a traceback from deep inside
-        print(f"[vrl] config error: {err}", file=sys.stderr)
+    except UserInputError as err:  # bad config or data: one line naming the key/file/row, not a traceback
+        print(f"[vrl] {err.kind} error: {err}", file=sys.stderr)
         sys.exit(2)
     return metrics.get("val/accuracy")
 

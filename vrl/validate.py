@@ -27,15 +27,14 @@ from typing import Any
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vrl.errors import ConfigError
 from vrl.utils.signature import static_signature
+
+__all__ = ["ConfigError", "check_keys", "check_values", "validate_config"]
 
 log = logging.getLogger("vrl")
 
 CHEAP_GROUPS = ("rollout", "advantage", "policy_loss", "loss_agg", "kl")
-
-
-class ConfigError(ValueError):
-    """A config key has an unknown name, a wrong type or an invalid value; the message names the key."""
 
 
 def validate_config(cfg: DictConfig) -> None:
