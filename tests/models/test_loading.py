@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
-from vrl.models.loading import VLM, load_vlm, save_vlm, vision_module_names
-from vrl.models.processor import messages_from_prompt
+from vrl.models.loading import VLM, count_parameters, load_vlm, save_vlm, vision_module_names
+from vrl.models.processor import load_processor, messages_from_prompt
 from vrl.models.tiny import TINY_FAMILIES
 
 
@@ -65,11 +65,12 @@ def test_save_then_load_by_path_is_bitwise_identical(family, tmp_path):
     assert torch.equal(_logits(vlm.model, batch), _logits(loaded.model, batch))
 
 
-def test_saved_dir_loads_with_plain_transformers(tiny, tmp_path):
+def test_saved_dir_loads_with_transformers_and_vrls_processor_loader(tiny, tmp_path):
+    # the plain-transformers side, without importing vrl at all, is tests/models/test_saved_policy.py
     save_vlm(tiny, tmp_path)
     model = AutoModelForImageTextToText.from_pretrained(tmp_path)
-    processor = AutoProcessor.from_pretrained(tmp_path)
-    assert type(processor) is type(tiny.processor)
+    processor = load_processor(str(tmp_path), "qwen2_5_vl")
+    assert type(processor) is type(tiny.processor)  # no torchvision here: the image-only class, same files
     assert processor.tokenizer.padding_side == "left"
     batch = _inputs(tiny)
     assert torch.equal(_logits(model, batch), _logits(tiny.model, batch))
@@ -159,9 +160,54 @@ def test_lora_adapter_save_loads_with_peft(tmp_path):
     restored = PeftModel.from_pretrained(base, tmp_path)
     batch = _inputs(vlm)
     assert torch.equal(_logits(restored, batch), _logits(vlm.model, batch))
-    assert type(AutoProcessor.from_pretrained(tmp_path)) is type(vlm.processor)
+    assert type(load_processor(str(tmp_path), "qwen3_vl")) is type(vlm.processor)
     with pytest.raises(ValueError, match="adapter only"):
         load_vlm(str(tmp_path))
+
+
+def test_lora_rank_zero_is_off_and_alpha_defaults_to_twice_the_rank():
+    off = load_vlm("tiny:qwen2_vl", lora={"r": 0, "alpha": None, "include_vision": False})  # conf/lora/none.yaml
+    assert not off.is_lora
+    assert all(p.requires_grad for p in off.model.parameters())
+    on = load_vlm("tiny:qwen2_vl", lora={"r": 4, "alpha": None})
+    assert on.model.peft_config["default"].lora_alpha == 8  # 2 * r
+    with pytest.raises(ValueError, match="lora.r must be an integer >= 0"):
+        load_vlm("tiny:qwen2_vl", lora={"r": -1})
+
+
+def test_count_parameters_counts_lora_by_hand():
+    plain = load_vlm("tiny:qwen2_5_vl", seed=4)
+    lora = load_vlm("tiny:qwen2_5_vl", lora={"r": 4}, seed=4)
+    trainable, total = count_parameters(plain.model)
+    assert trainable == total  # everything trains without LoRA
+    # tied input/output embeddings are one tensor: counted once
+    assert total == sum(p.numel() for p in plain.model.parameters())
+    assert total < sum(p.numel() for p in plain.model.state_dict().values())
+    # LoRA r=4 adds r * (in + out) per adapted projection; hidden 64, 4 heads of 16, 2 KV heads (k/v out 32),
+    # MLP 128: q 4*(64+64)=512, k 4*(64+32)=384, v 384, o 512, gate 4*(64+128)=768, up 768, down 768
+    # = 4096 per layer, x 2 layers = 8192
+    lora_trainable, lora_total = count_parameters(lora.model)
+    assert lora_trainable == 8192
+    assert lora_total == total + 8192
+
+
+def test_lora_adapter_names_a_base_that_loads_by_that_name(tmp_path, monkeypatch):
+    from peft import PeftModel
+
+    base_dir = save_vlm(load_vlm("tiny:qwen2_5_vl", seed=8), tmp_path / "base_model")
+    monkeypatch.chdir(tmp_path)  # load the base by a relative path: the adapter must still name it absolutely
+    for source, expected in (("base_model", str(base_dir.resolve())), ("tiny:qwen2_5_vl", None)):
+        vlm = load_vlm(source, lora={"r": 4}, seed=8)
+        _perturb_lora(vlm)
+        out = save_vlm(vlm, tmp_path / f"adapter_{source.replace(':', '_')}", merge_lora=False)
+        name = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+        # a tiny base exists only in memory, so it is saved next to the adapter and named there
+        assert name == (expected or str((out / "base").resolve()))
+        monkeypatch.chdir(out.parent.parent)  # anywhere else
+        restored = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(name), out)
+        batch = _inputs(vlm)
+        assert torch.equal(_logits(restored, batch), _logits(vlm.model, batch))
+        monkeypatch.chdir(tmp_path)
 
 
 def test_lora_generates():

@@ -2,7 +2,8 @@
 
 Names are imported lazily (``from vrl.models import load_vlm``) so that ``import vrl.models`` alone does not
 pay for transformers. Importing ``vrl.models.processor`` (which ``loading`` and ``tiny`` do) registers the
-image-only Qwen-VL processors with ``AutoProcessor`` when torchvision is unusable.
+image-only Qwen-VL processors with ``AutoProcessor`` when torchvision is unusable; a saved policy's processor
+loads there with ``load_processor(dir, model_type)`` (see ``vrl.models.processor``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ _EXPORTS = {
     "VLM": "vrl.models.loading",
     "load_vlm": "vrl.models.loading",
     "save_vlm": "vrl.models.loading",
+    "count_parameters": "vrl.models.loading",
     "freeze_vision_tower": "vrl.models.loading",
     "vision_module_names": "vrl.models.loading",
     "build_tiny_tokenizer": "vrl.models.tiny",

@@ -11,6 +11,7 @@ On top of the raw model, ``load_vlm`` applies the training-time choices a config
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ LM_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 #: (Qwen2-VL ``fc1/fc2``, Qwen3-VL ``linear_fc1/linear_fc2``; Qwen2.5-VL reuses ``gate/up/down_proj``).
 VISION_LORA_TARGETS = ("qkv", "proj", "fc1", "fc2", "linear_fc1", "linear_fc2")
 
-_LORA_KEYS = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None, "include_vision": False}
+_LORA_KEYS = {"r": 8, "alpha": None, "dropout": 0.0, "target_modules": None, "include_vision": False}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -90,7 +91,8 @@ def load_vlm(
             process), a local directory (e.g. written by ``save_vlm``), or a hub id such as
             ``Qwen/Qwen2.5-VL-3B-Instruct``.
         dtype: ``float32`` | ``bfloat16`` | ``float16``, the dtype of the weights.
-        lora: ``None`` trains every weight. A dict enables PEFT LoRA: ``r`` (8), ``alpha`` (16), ``dropout``
+        lora: ``None`` (or ``r`` = 0, what ``conf/lora/none.yaml`` sets) trains every weight. A dict with
+            ``r`` >= 1 enables PEFT LoRA: ``r`` (rank, 8 when absent), ``alpha`` (None = 2 * r), ``dropout``
             (0.0), ``target_modules`` (default ``LM_LORA_TARGETS``: the language model's attention and MLP
             projections), ``include_vision`` (False: no LoRA module is put in the vision tower, whatever the
             targets; True adds ``VISION_LORA_TARGETS`` to the default targets and lifts the exclusion).
@@ -119,7 +121,7 @@ def load_vlm(
         FileNotFoundError: ``name_or_path`` is neither a directory nor a plausible hub id.
     """
     torch_dtype = _resolve_dtype(dtype)
-    lora_settings = _lora_settings(lora) if lora is not None else None
+    lora_settings = _lora_settings(lora) if lora is not None else None  # None: r = 0, LoRA off
     if freeze_vision and lora_settings is not None and lora_settings["include_vision"]:
         raise ValueError("freeze_vision=True contradicts lora.include_vision=True (its LoRA would not train)")
     if name_or_path.startswith(TINY_PREFIX):
@@ -150,8 +152,11 @@ def save_vlm(vlm: VLM, out_dir: str | Path, merge_lora: bool = True) -> Path:
         merge_lora: for a LoRA model, True writes a plain transformers checkpoint with the LoRA deltas folded
             into the base weights (``AutoModelForImageTextToText.from_pretrained(out_dir)`` or
             ``load_vlm(out_dir)`` loads it); False writes only the adapter (``adapter_config.json`` +
-            weights) for ``peft.PeftModel.from_pretrained(base_model, out_dir)``. The in-memory model is
-            left untouched either way, so training can go on. Ignored for non-LoRA models.
+            weights) for ``peft.PeftModel.from_pretrained(base_model, out_dir)``. Its
+            ``base_model_name_or_path`` names the base as it was loaded (hub id, or the directory as an
+            absolute path); a tiny base, which exists only in memory, is saved under ``out_dir/base`` and named
+            there. The in-memory model is left untouched either way, so training can go on. Ignored for
+            non-LoRA models.
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -163,8 +168,16 @@ def save_vlm(vlm: VLM, out_dir: str | Path, merge_lora: bool = True) -> Path:
         base.save_pretrained(out, state_dict=merged_lora_state_dict(vlm.model))
     else:
         vlm.model.save_pretrained(out)
+        if vlm.is_lora:
+            _name_adapter_base(vlm, out)
     vlm.processor.save_pretrained(out)
     return out
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a tensor shared by several modules (tied embeddings) counts once."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
 
 
 def freeze_vision_tower(model: nn.Module) -> list[str]:
@@ -218,12 +231,17 @@ def merged_lora_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
     PEFT's ``merge_and_unload`` rewrites the model in place, and ``merge``/``unmerge`` round trips are not
     bitwise in low precision; computing ``W + delta`` into fresh tensors costs only the targeted weights.
     """
+    return _base_state_dict(peft_model, merge=True)
+
+
+def _base_state_dict(peft_model: nn.Module, merge: bool) -> dict[str, torch.Tensor]:
+    """The base model's state dict under its own key names, LoRA deltas folded in (``merge``) or left out."""
     from peft.tuners.lora import LoraLayer
 
     base = peft_model.get_base_model()
     merged: dict[str, torch.Tensor] = {}
     for prefix, module in base.named_modules():
-        if isinstance(module, LoraLayer):
+        if merge and isinstance(module, LoraLayer):
             weight = module.get_base_layer().weight
             delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
             merged[f"{prefix}.weight"] = (weight + delta).detach()
@@ -242,11 +260,34 @@ def _resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _lora_settings(lora: dict[str, Any]) -> dict[str, Any]:
+def _name_adapter_base(vlm: VLM, out: Path) -> None:
+    """Point ``adapter_config.json``'s ``base_model_name_or_path`` at a base that loads by that name."""
+    base = vlm.model.get_base_model()
+    name = str(base.name_or_path or "")
+    if not name or not (Path(name).is_dir() or _HUB_ID.match(name)):  # built in memory (tiny): no name to load
+        base.save_pretrained(out / "base", state_dict=_base_state_dict(vlm.model, merge=False))
+        vlm.processor.save_pretrained(out / "base")
+        name = str((out / "base").resolve())
+    file = out / "adapter_config.json"
+    config = json.loads(file.read_text())
+    config["base_model_name_or_path"] = name
+    file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _lora_settings(lora: dict[str, Any]) -> dict[str, Any] | None:
+    """Complete LoRA settings, or None when ``r`` is 0 (LoRA off: every weight trains)."""
     unknown = sorted(set(lora) - set(_LORA_KEYS))
     if unknown:
         raise ValueError(f"lora: unknown keys {unknown}; valid: {sorted(_LORA_KEYS)}")
-    return _LORA_KEYS | dict(lora)
+    settings = _LORA_KEYS | dict(lora)
+    r = settings["r"]
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        raise ValueError(f"lora.r must be an integer >= 0 (0 = no LoRA), got {r!r}")
+    if r == 0:
+        return None
+    if settings["alpha"] is None:
+        settings["alpha"] = 2 * r  # the usual alpha = 2r: the update's scale alpha / r stays 2 for any rank
+    return settings
 
 
 def _lora_config(model: nn.Module, settings: dict[str, Any]) -> LoraConfig:
@@ -301,7 +342,7 @@ def _from_pretrained(
                 f"name_or_path: {name_or_path!r} holds a LoRA adapter only (save_vlm(merge_lora=False)); "
                 "load its base with load_vlm and wrap it with peft.PeftModel.from_pretrained(base, dir)"
             )
-        name_or_path = str(path)
+        name_or_path = str(path.resolve())  # absolute: a LoRA adapter saved later names its base by this
     elif not _HUB_ID.match(name_or_path):
         raise FileNotFoundError(
             f"name_or_path: {name_or_path!r} is not a local directory, and it does not look like a hub id "

@@ -1,11 +1,19 @@
 """Image-only Qwen-VL processors (no torchvision needed), their loader, and the prompt -> messages helper.
 
 The stock ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` insist on a video processor,
-and every video processor in transformers needs torchvision, which these machines cannot use (see
-OFFLINE.md). The subclasses here take only ``image_processor, tokenizer, chat_template``; everything else
-(placeholder expansion, ``mm_token_type_ids``, decoding) is inherited unchanged. Video input is therefore
-unsupported. Importing this module registers them with ``AutoProcessor`` when torchvision is absent, so
-``AutoProcessor.from_pretrained(dir)`` works on a directory saved by ``vrl.models.loading.save_vlm``.
+and every video processor in transformers needs torchvision. Where torchvision is missing or broken (a CPU
+box with the CUDA build of torchvision fails on import: ``operator torchvision::nms does not exist``), the
+stock classes cannot load. The subclasses here take only ``image_processor, tokenizer, chat_template``;
+everything else (placeholder expansion, ``mm_token_type_ids``, decoding) is inherited unchanged, so video
+input is unsupported.
+
+Saved files name the **stock** class (``"processor_class": "Qwen2_5_VLProcessor"``, as a hub checkpoint
+does), so a policy written by ``vrl.models.loading.save_vlm`` loads with plain
+``AutoProcessor.from_pretrained(dir)`` wherever torchvision works. Without torchvision, load it with
+``vrl.models.load_processor(dir, model_type)`` (or ``load_vlm(dir)``), which picks the image-only class for
+the same files; the model, the image processor and the tokenizer load with plain transformers either way.
+Importing this module also registers the image-only classes with ``AutoProcessor`` by config type when
+torchvision is unusable (for directories that name no processor class).
 
 How a data row becomes model inputs::
 
@@ -71,25 +79,80 @@ def torchvision_usable() -> bool:
     return True
 
 
-class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+class _SavedAsStock:
+    """Saves under the stock class name, so the files load with plain transformers where torchvision works.
+
+    ``ProcessorMixin`` writes ``type(self).__name__`` into ``processor_config.json`` (``to_dict``) and into the
+    tokenizer's ``tokenizer_config.json``; a name only vrl defines makes stock ``AutoProcessor`` fall back to a
+    bare tokenizer. The saved files hold nothing image-only-specific, so the stock name is the honest one.
+    """
+
+    stock_class: type[ProcessorMixin]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["processor_class"] = self.stock_class.__name__
+        return out
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        rename_processor_class(save_directory, type(self).__name__, self.stock_class.__name__)
+        write_preprocessor_config(save_directory)
+        return result
+
+
+class Qwen2VLImageOnlyProcessor(_SavedAsStock, Qwen2VLProcessor):
     """``Qwen2VLProcessor`` without a video processor (so without torchvision)."""
 
+    stock_class = Qwen2VLProcessor
+
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
 
 
-class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):  # noqa: N801 (mirrors the transformers class name)
+class Qwen2_5_VLImageOnlyProcessor(_SavedAsStock, Qwen2_5_VLProcessor):  # noqa: N801 (mirrors transformers)
     """``Qwen2_5_VLProcessor`` without a video processor (so without torchvision)."""
 
+    stock_class = Qwen2_5_VLProcessor
+
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
 
 
-class Qwen3VLImageOnlyProcessor(Qwen3VLProcessor):
+class Qwen3VLImageOnlyProcessor(_SavedAsStock, Qwen3VLProcessor):
     """``Qwen3VLProcessor`` without a video processor (so without torchvision)."""
 
+    stock_class = Qwen3VLProcessor
+
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+
+
+def write_preprocessor_config(directory: str | Path) -> None:
+    """Also write the image processor's settings as ``preprocessor_config.json``, as Qwen's hub checkpoints do.
+
+    With no video processor, ``processor_config.json`` holds no ``video_processor`` entry, and stock
+    ``AutoProcessor`` (which loads one for ``Qwen*VLProcessor``) would find no settings for it. Like for a hub
+    checkpoint, transformers then reads ``preprocessor_config.json`` and builds the family's video processor
+    from the image settings (``image_processor_type`` ``Qwen2VLImageProcessor`` -> ``Qwen2VLVideoProcessor``).
+    """
+    directory = Path(directory)
+    saved = json.loads((directory / "processor_config.json").read_text())
+    config = {**saved["image_processor"], "processor_class": saved["processor_class"]}
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    (directory / "preprocessor_config.json").write_text(text)
+
+
+def rename_processor_class(directory: str | Path, old: str, new: str) -> None:
+    """Replace ``"processor_class": old`` by ``new`` in the JSON files at the top of ``directory``."""
+    for file in Path(directory).glob("*.json"):
+        try:
+            data = json.loads(file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("processor_class") == old:
+            data["processor_class"] = new
+            file.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 #: model_type -> (config class, image-only processor class).
