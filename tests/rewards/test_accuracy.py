@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from vrl.rewards import Accuracy, AnswerExtractor, BoxIoU, ThinkAnswerFormat
+from vrl.rewards.accuracy import gold_problem
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -96,7 +97,7 @@ def test_math_falls_back_to_number_then_text():
 
 
 def test_math_in_a_worker_thread():
-    # math-verify's signal-based timeout raises off the main thread; Accuracy must switch it off there.
+    # math-verify's signal-based timeout raises off the main thread; Accuracy bounds it another way there.
     out: list = []
     worker = threading.Thread(target=lambda: out.append(scores(["0.5"], "\\frac{1}{2}", "math")))
     worker.start()
@@ -117,6 +118,44 @@ def test_unknown_answer_type_names_type_and_uid():
 def test_unparsable_gold_names_uid():
     with pytest.raises(ValueError, match="uid='bad-1'"):
         Accuracy()(["yes"], [row("maybe", "yesno", uid="bad-1")])
+
+
+#: (answer, answer_type, readable by Accuracy): the preflight's check must say exactly what the reward does.
+GOLDS = [
+    ("yes", "yesno", True),
+    ("True.", "yesno", True),
+    ("maybe", "yesno", False),
+    ("A, C", "choice", True),
+    ("(B) red", "choice", True),
+    ("the red one", "choice", False),
+    ("1,234", "number", True),
+    ("seven", "number", False),
+    ("nan", "number", False),  # str(float("nan")): no digits, so no number
+    ("Dark grey", "text", True),
+    ("?!", "text", False),
+    ("[1, 2, 3, 4]", "bbox", True),
+    ("(1,2),(3,4)", "bbox", True),
+    ("[1, 2, 3]", "bbox", False),
+    ("the left one", "bbox", False),
+    ("\\frac{1}{2}", "math", True),
+    ("red", "math", True),  # the text fallback reads a word
+    ("\\infty", "math", True),
+    ("\u221e", "math", False),  # the infinity sign: math-verify 0.9 does not read it, and it is no word or number
+    ("?", "math", False),
+]
+
+
+@pytest.mark.parametrize(("answer", "answer_type", "readable"), GOLDS)
+def test_gold_problem_agrees_with_what_accuracy_can_score(answer, answer_type, readable):
+    image = Image.new("RGB", (10, 10))
+    sample = row(answer, answer_type, images=[image])
+    try:
+        Accuracy()(["<answer>x</answer>", "<answer>1</answer>"], [sample, sample])
+        scored = True
+    except ValueError:  # the reward's own verdict on a ground truth it cannot read
+        scored = False
+    assert (gold_problem(answer, answer_type) is None) == readable
+    assert scored == readable
 
 
 def test_extractor_fallback_none_makes_tags_mandatory():

@@ -175,6 +175,30 @@ def test_accuracy_with_math_verify_runs_in_a_worker(make):
     assert rs.pop_stats()["reward/errors/accuracy"] == 0.0
 
 
+MATH_LIMIT = 1  # an int: the old code handed it to signal.alarm
+#: 9^(9^(9^9)): sympy tries to evaluate the tower (seconds or more per call without a limit).
+BLOWUP = "\\boxed{9^{9^{9^{9}}}}"
+
+
+@pytest.mark.parametrize("isolate", ["none", "thread", "process"])
+def test_a_math_blowup_is_a_counted_timeout_in_every_isolation_mode(make, isolate):
+    accuracy = Accuracy(math_timeout_s=MATH_LIMIT)
+    rs = make({"accuracy": accuracy}, isolate=isolate)  # no sandbox timeout: the limit is Accuracy's own
+    samples = [{"answer": "1", "answer_type": "math", "uid": "m"}]
+    try:
+        assert rs(["$1$"], samples)[1]["accuracy"].tolist() == [1.0]  # starts any worker outside the timed part
+        t0 = time.monotonic()
+        _, comps = rs([BLOWUP], samples)
+        elapsed = time.monotonic() - t0
+        stats = rs.pop_stats()
+        assert comps["accuracy"].tolist() == [0.0]  # the default
+        assert (stats["reward/timeouts/accuracy"], stats["reward/errors/accuracy"]) == (1.0, 0.0)
+        assert elapsed < MATH_LIMIT + SLACK
+        assert rs(["$1$"], samples)[1]["accuracy"].tolist() == [1.0]  # and the next call works
+    finally:
+        accuracy.close()
+
+
 def test_thread_mode_times_out_code_that_waits(terms, make):
     rs = make({"s": terms.Scripted()}, isolate="thread", timeout_s=0.2)
     try:

@@ -15,16 +15,26 @@ math       math-verify ``verify(parse(gold), parse(pred))``; numeric, then text,
 Model output is only matched with regular expressions or parsed by math-verify (which builds sympy
 objects from LaTeX and never evaluates Python); nothing is ``eval``'d.
 
-math-verify 0.9 and threads: ``parse(..., parsing_timeout=)`` and ``verify(..., timeout_seconds=)`` time
-out through ``signal.alarm``, and installing the SIGALRM handler raises ``ValueError`` outside the main
-thread. ``Accuracy`` therefore passes ``math_timeout_s`` only when called on the main thread and
-``None`` (no alarm) elsewhere, e.g. inside a reward thread pool or a dataloader thread. Off the main
-thread a pathological expression can then run unbounded; math-verify logs a one-time warning saying so.
+The math time limit holds in every reward-sandbox mode. An answer like ``\\boxed{9^{9^{9^{9}}}}`` makes sympy
+compute 9**387420489, one Python integer power in C that runs for minutes and that no signal interrupts (math-verify
+0.9's own ``signal.alarm`` timeouts could not stop it, work only on the main thread, and read as "unparsable",
+not as a timeout). So with ``math_timeout_s`` set, ``Accuracy`` runs math-verify (both parses and the comparison
+of one response) in a worker process of its own (:class:`vrl.rewards.sandbox.WorkerPool`, one worker, started
+on first use), from whatever thread it is called on, and kills and replaces that worker at the deadline. Past
+``math_timeout_s`` the check raises :class:`MathTimeout`, a ``TimeoutError``, which the reward sandbox counts
+under ``reward/timeouts/<term>``; the response scores ``default``. Each math response costs one round trip to
+the worker (well under a millisecond, next to math-verify's milliseconds).
+
+The preflight (:mod:`vrl.data.preflight`) checks every ground truth with :func:`gold_problem`, i.e. with the
+same parsers this reward uses, so a row whose answer cannot be scored is reported instead of trained on.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import multiprocessing
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -41,11 +51,60 @@ from .extract import (
     parse_yesno,
 )
 from .iou import FRAMES, box_iou, ground_truth_box, to_pixel_box
+from .sandbox import WorkerPool
+
+logger = logging.getLogger("vrl")
 
 # After latex commands are removed, a run of two letters means prose ("red", "the answer is"), which
 # must not be wrapped in $...$: math-verify would read "red" as the product r*e*d.
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]{2,}")
+
+#: What a ground truth of each type must be for :class:`Accuracy` to read it (the parser returns None otherwise).
+_EXPECTED = {
+    "yesno": "yes/no (or true/false) as its first word",
+    "choice": "option letters such as 'B' or 'A, C'",
+    "number": "a number",
+    "text": "a letter or digit",
+    "bbox": "four numbers [x1, y1, x2, y2]",
+}
+
+
+class MathTimeout(TimeoutError):
+    """The math check of one response ran past ``math_timeout_s``."""
+
+
+def parse_gold(answer: str, answer_type: str, synonyms: Mapping[str, str] | None = None) -> Any:
+    """A ground truth as :class:`Accuracy` reads it for ``answer_type`` (not "math"), or None when it cannot."""
+    if answer_type == "yesno":
+        return parse_yesno(answer)
+    if answer_type == "choice":
+        return parse_choices(answer)
+    if answer_type == "number":
+        return parse_number(answer, "last")
+    if answer_type == "text":
+        return normalize_text(answer, synonyms) or None
+    if answer_type == "bbox":
+        return parse_box(answer)
+    raise ValueError(f"parse_gold: no plain parser for answer_type {answer_type!r}")
+
+
+def gold_problem(answer: str, answer_type: str) -> str | None:
+    """Why ``answer`` cannot be the ground truth of an ``answer_type`` row for :class:`Accuracy`; None if it can.
+
+    A "math" answer is readable when math-verify parses it or, failing that, when it holds a number or a word
+    (the reward's fallbacks); the others must parse with the type's parser (:func:`parse_gold`).
+    """
+    if answer_type not in ANSWER_TYPES:
+        return f"answer_type {answer_type!r} is not one of {ANSWER_TYPES}"
+    if answer_type == "math":
+        # A word or a number is read by the fallbacks; what has neither holds no number to blow up: no limit.
+        if normalize_text(answer) or parse_number(answer) is not None or _math_parse_gold(answer):
+            return None
+        return f"{answer!r} is neither LaTeX that math-verify reads nor a number or word"
+    if parse_gold(answer, answer_type) is None:
+        return f"{answer!r} is not a {answer_type} answer: expected {_EXPECTED[answer_type]}"
+    return None
 
 
 class Accuracy:
@@ -76,9 +135,10 @@ class Accuracy:
         bbox_frame: Coordinate frame the model writes boxes in: ``"pixel"``, ``"model"`` or
             ``"norm1000"`` (see :func:`vrl.rewards.iou.to_pixel_box`). Keep it equal to any ``BoxIoU``
             term's ``frame``.
-        math_timeout_s: Seconds math-verify may spend per parse and per comparison, on the main thread
-            only (see the module docstring); ``None`` disables the alarm everywhere. 5 is math-verify's
-            own default.
+        math_timeout_s: Seconds the math check of one response (parsing both sides and comparing them) may
+            take; it runs in a worker process that is killed at the deadline (see the module docstring), and
+            the response's score is then a counted timeout. ``None`` runs math-verify in the calling thread
+            without any limit. 5 is math-verify's own default per step.
         name: Key under which the reward set logs this term.
     """
 
@@ -93,13 +153,15 @@ class Accuracy:
         choice_partial_credit: bool = False,
         bbox_iou_threshold: float = 0.5,
         bbox_frame: str = "pixel",
-        math_timeout_s: int | None = 5,
+        math_timeout_s: float | None = 5,
         name: str = "accuracy",
     ):
         if number_position not in ("first", "last"):
             raise ValueError(f"number_position must be 'first' or 'last', got {number_position!r}")
         if bbox_frame not in FRAMES:
             raise ValueError(f"bbox_frame must be one of {FRAMES}, got {bbox_frame!r}")
+        if math_timeout_s is not None and math_timeout_s <= 0:
+            raise ValueError(f"math_timeout_s must be > 0 or None, got {math_timeout_s}")
         if extract is None:
             extract = AnswerExtractor()
         elif isinstance(extract, Mapping):
@@ -124,6 +186,23 @@ class Accuracy:
             "math": self._math,
         }
         assert set(self._checkers) == set(ANSWER_TYPES), "every answer type needs a checker"
+        self._pool: WorkerPool | None = None  # the math worker, started on the first math check with a limit
+        self._pool_lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # A copy (a reward worker process, deepcopy) starts its own math worker when it needs one.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_pool", "_pool_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pool, self._pool_lock = None, threading.Lock()
+
+    def close(self) -> None:
+        """Stop the math worker process, if one was started (a later call starts a new one)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
 
     def __call__(self, responses: list[str], samples: list[dict]) -> list[float]:
         """One score in {0, 1} per response (in [0, 1] with ``choice_partial_credit``)."""
@@ -154,11 +233,11 @@ class Accuracy:
         return parsed
 
     def _yesno(self, span: str, sample: dict) -> float:
-        gold = self._gold(parse_yesno(str(sample["answer"])), sample)
+        gold = self._gold(parse_gold(str(sample["answer"]), "yesno"), sample)
         return float(parse_yesno(span) == gold)
 
     def _choice(self, span: str, sample: dict) -> float:
-        gold = self._gold(parse_choices(str(sample["answer"])), sample)
+        gold = self._gold(parse_gold(str(sample["answer"]), "choice"), sample)
         pred = parse_choices(span)
         if not pred:
             return 0.0
@@ -167,7 +246,7 @@ class Accuracy:
         return float(pred == gold)
 
     def _number(self, span: str, sample: dict) -> float:
-        gold = self._gold(parse_number(str(sample["answer"]), "last"), sample)
+        gold = self._gold(parse_gold(str(sample["answer"]), "number"), sample)
         pred = parse_number(span, self.number_position)
         return float(pred is not None and self._close(pred, gold))
 
@@ -175,7 +254,7 @@ class Accuracy:
         return math.isclose(pred, gold, rel_tol=self.numeric_rel_tol, abs_tol=self.numeric_abs_tol)
 
     def _text(self, span: str, sample: dict) -> float:
-        gold = self._gold(normalize_text(str(sample["answer"]), self.synonyms) or None, sample)
+        gold = self._gold(parse_gold(str(sample["answer"]), "text", self.synonyms), sample)
         return float(normalize_text(span, self.synonyms) == gold)
 
     def _bbox(self, span: str, sample: dict) -> float:
@@ -186,29 +265,86 @@ class Accuracy:
         return float(box_iou(to_pixel_box(box, sample, self.bbox_frame), gold) >= self.bbox_iou_threshold)
 
     def _math(self, span: str, sample: dict) -> float:
-        from math_verify import parse, verify  # lazy: importing it pulls in sympy and antlr (~0.5 s)
-
-        on_main = threading.current_thread() is threading.main_thread()
-        timeout = self.math_timeout_s if on_main else None
         gold_text = str(sample["answer"])
-        gold = _math_parse(parse, gold_text, timeout)
-        pred = _math_parse(parse, span, timeout)
-        if gold and pred:
-            # Gold first: math-verify is asymmetric (it simplifies "x = 2" style assignments in the target).
-            return float(verify(gold, pred, timeout_seconds=timeout))
+        verdict = self._math_verdict(gold_text, span)
+        if verdict is not None:
+            return verdict
         # math-verify could not read one side (prose, a word answer): compare as a number, else as text.
         gold_number, pred_number = parse_number(gold_text, "last"), parse_number(span, self.number_position)
         if gold_number is not None and pred_number is not None:
             return float(self._close(pred_number, gold_number))
         return self._text(span, sample)
 
+    def _math_verdict(self, gold_text: str, span: str) -> float | None:
+        """:func:`math_verdict` within ``math_timeout_s``, whichever thread this is (module docstring)."""
+        limit = self.math_timeout_s
+        if limit is None:
+            return math_verdict(gold_text, span)
+        if multiprocessing.current_process().daemon:  # may not start processes: no way to stop a runaway check
+            _warn_once("Accuracy: math_timeout_s is not enforced in a daemonic process (e.g. a DataLoader worker)")
+            return math_verdict(gold_text, span)
+        with self._pool_lock:  # one check at a time (isolate=thread may call from several threads)
+            if self._pool is None:
+                self._pool = WorkerPool({"math": MathVerdict()})
+            [outcome] = self._pool.run([("math", [span], [{"answer": gold_text}])], limit)
+        if outcome.kind == "timeout":
+            raise MathTimeout(f"the math check of {span[:60]!r} took longer than {limit} s (worker killed)")
+        if outcome.kind != "ok":
+            raise RuntimeError(f"math-verify worker process: {outcome.error}")
+        value = outcome.values[0]
+        return None if math.isnan(value) else value
 
-def _math_parse(parse: Callable[..., list], text: str, timeout: int | None) -> list:
+
+class MathVerdict:
+    """:func:`math_verdict` as a reward-term-shaped callable, for a worker process: NaN means "unreadable"."""
+
+    weight = 1.0
+
+    def __call__(self, responses: list[str], samples: list[dict]) -> list[float]:
+        verdicts = [math_verdict(str(s["answer"]), span) for span, s in zip(responses, samples)]
+        return [math.nan if v is None else v for v in verdicts]
+
+
+def math_verdict(gold_text: str, span: str) -> float | None:
+    """math-verify's verdict on ``span`` against ``gold_text`` (1.0 or 0.0), or None when it cannot read a side.
+
+    No time limit of its own: :meth:`Accuracy._math_verdict` runs it in a worker process it can kill.
+    """
+    parse, verify = _math_verify()
+    gold = _math_parse(parse, gold_text)
+    pred = _math_parse(parse, span) if gold else []
+    if gold and pred:
+        # Gold first: math-verify is asymmetric (it simplifies "x = 2" style assignments in the target).
+        return float(verify(gold, pred, timeout_seconds=None))
+    return None
+
+
+@functools.cache
+def _math_verify() -> tuple[Callable[..., list], Callable[..., bool]]:
+    """math-verify's ``parse`` and ``verify``, imported lazily (sympy and antlr take ~0.5 s)."""
+    from math_verify import parse, verify
+
+    # With its own timeouts off, math-verify warns once that the caller must bound it: vrl does.
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(lambda record: "Timeout is disabled" not in record.getMessage())
+    return parse, verify
+
+
+def _math_parse(parse: Callable[..., list], text: str) -> list:
     """math-verify's parse of ``text`` as LaTeX, else as written; ``[]`` when neither yields sympy."""
-    parsed = parse(_as_latex(text), fallback_mode="no_fallback", parsing_timeout=timeout)
+    parsed = parse(_as_latex(text), fallback_mode="no_fallback", parsing_timeout=None)
     if not parsed and _as_latex(text) != text:
-        parsed = parse(text, fallback_mode="no_fallback", parsing_timeout=timeout)
+        parsed = parse(text, fallback_mode="no_fallback", parsing_timeout=None)
     return parsed
+
+
+def _math_parse_gold(text: str) -> bool:
+    return bool(_math_parse(_math_verify()[0], text))
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
 
 
 def _as_latex(text: str) -> str:

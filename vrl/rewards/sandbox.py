@@ -1,9 +1,11 @@
 """Run reward terms so that one bad call cannot take the run down: in-process, in a thread, or in a worker process.
 
 Every runner returns an :class:`Outcome` instead of raising: ``ok`` (with the values as floats), ``error`` (an
-exception, a value that is not a number, a worker that died), ``timeout`` or ``count`` (the term returned a
-number of values other than the number of responses). What to do with an outcome (defaults, counters, the
-per-sample retry, raising on ``count``) is :class:`vrl.rewards.combine.RewardSet`'s business.
+exception, a value that is not a number, a worker that died), ``timeout`` (the runner's deadline passed, or the
+term raised ``TimeoutError``: a term that bounds its own work, like ``Accuracy``'s math check, reports a
+timeout that way) or ``count`` (the term returned a number of values other than the number of responses).
+What to do with an outcome (defaults, counters, the per-sample retry, raising on ``count``) is
+:class:`vrl.rewards.combine.RewardSet`'s business.
 
 Three ways to run a term, from cheapest to strongest:
 
@@ -13,21 +15,23 @@ Three ways to run a term, from cheapest to strongest:
     In a fresh daemon thread, joined with a timeout. It enforces a timeout only on code that gives the GIL
     back or finishes eventually (I/O, an API call, C code that releases the GIL). A timed-out thread cannot
     be killed: it is abandoned and keeps running (and, if it spins in Python, keeps taking CPU and the GIL)
-    until it returns. math-verify's own ``signal.alarm`` timeouts are off outside the main thread.
+    until it returns. (``Accuracy`` bounds its math check with a worker process of its own.)
 ``WorkerPool``
     A persistent pool of worker processes, each holding its own copy of the terms, fed through pipes. A
     call that passes its deadline gets its worker killed (SIGKILL) and replaced, so the timeout holds for
     anything: a C extension spinning, ``while True: pass`` holding the GIL, a sympy blow-up, a segfault
-    (a worker that dies is an ``error``). Inside a worker the term runs on the main thread, so
-    math-verify's own alarms work again. Terms must be picklable (classes importable by module path, as
+    (a worker that dies is an ``error``). Terms must be picklable (classes importable by module path, as
     every Hydra ``_target_`` is; no lambdas or closures), and state a term mutates while scoring stays in
-    the worker. Workers are started lazily, by ``forkserver`` by default: the fork server imports the
-    terms' modules once, after which a replacement worker starts in milliseconds instead of the ~1-2 s a
-    fresh interpreter needs to import torch and vrl. A worker's start-up never counts against a timeout.
+    the worker. Workers are not daemon processes, so that a term may start worker processes of its own
+    (``Accuracy`` does, for math-verify); every pool is closed when its process exits (:func:`close_pools`).
+    Workers are started lazily, by ``forkserver`` by default: the fork server imports the terms' modules
+    once, after which a replacement worker starts in milliseconds instead of the ~1-2 s a fresh interpreter
+    needs to import torch and vrl. A worker's start-up never counts against a timeout.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing as mp
 import os
@@ -36,6 +40,7 @@ import signal
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
@@ -72,12 +77,15 @@ class Outcome(NamedTuple):
 
 
 def call_contained(term: Callable, responses: list[str], samples: list[dict]) -> Outcome:
-    """Call ``term(responses, samples)`` here and now; exceptions and non-numbers become an ``error`` outcome."""
+    """Call ``term(responses, samples)`` here and now; a ``TimeoutError`` becomes a ``timeout`` outcome, other
+    exceptions and non-numbers an ``error`` outcome."""
     try:
         values = list(term(responses, samples))
         if len(values) != len(responses):
             return Outcome("count", error=str(len(values)))
         return Outcome("ok", [float(v) for v in values])
+    except TimeoutError as exc:  # the term bounded its own work (e.g. Accuracy's math check) and gave up
+        return Outcome("timeout", error=f"{type(exc).__name__}: {exc}", detail=traceback.format_exc())
     except Exception as exc:  # containment is the point: any failure of user code becomes an outcome
         return Outcome("error", error=f"{type(exc).__name__}: {exc}", detail=traceback.format_exc())
 
@@ -99,6 +107,25 @@ def call_in_thread(term: Callable, responses: list[str], samples: list[dict], ti
     return box[0]
 
 
+#: Pools whose workers may be running, in this process: closed at exit (:func:`close_pools`).
+_POOLS: weakref.WeakSet = weakref.WeakSet()
+
+
+def close_pools() -> None:
+    """Stop the workers of every pool of this process.
+
+    Workers are not daemon processes (so that they may start their own), and ``multiprocessing`` waits for
+    such children when a process exits: this runs first, from ``atexit`` in the main process and when a
+    worker's loop ends in a worker.
+    """
+    for pool in list(_POOLS):
+        with contextlib.suppress(Exception):
+            pool.close()
+
+
+atexit.register(close_pools)  # registered after multiprocessing's own exit hook, so it runs before it
+
+
 def _worker_main(conn: Connection, blob: bytes) -> None:
     """A worker's loop: unpickle the terms once, then answer ``(name, responses, samples)`` with an outcome."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us on the way out
@@ -108,15 +135,18 @@ def _worker_main(conn: Connection, blob: bytes) -> None:
         conn.send(("boot_error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
     conn.send(("ready",))
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        if task is None:
-            return
-        name, responses, samples = task
-        conn.send(("done", call_contained(terms[name], responses, samples)))
+    try:
+        while True:
+            try:
+                task = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                return
+            if task is None:
+                return
+            name, responses, samples = task
+            conn.send(("done", call_contained(terms[name], responses, samples)))
+    finally:
+        close_pools()  # pools a term started here (atexit does not run in a multiprocessing child)
 
 
 class _Worker:
@@ -124,7 +154,7 @@ class _Worker:
 
     def __init__(self, ctx: Any, blob: bytes) -> None:
         self.conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child_conn, blob), name="vrl-reward-worker", daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child_conn, blob), name="vrl-reward-worker", daemon=False)
         self.process.start()
         child_conn.close()  # keep only the child's copy, so that its death reads as EOF here
         self.ready = False
@@ -184,6 +214,7 @@ class WorkerPool:
                 ctx.set_forkserver_preload(self._modules)
             self._ctx = ctx
             self._workers = [_Worker(ctx, self._blob) for _ in range(self.size)]
+            _POOLS.add(self)
         for i, worker in enumerate(self._workers):  # e.g. killed by the OOM killer while idle
             if not worker.process.is_alive():
                 self._replace(i)
