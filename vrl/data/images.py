@@ -10,6 +10,7 @@ import base64
 import binascii
 import io
 import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,16 @@ from typing import Any
 import datasets
 from PIL import Image, ImageOps
 
-#: ``meta`` keys the loader writes and :mod:`vrl.data.preflight` reads: where a row came from (file, row, the
-#: source column of each field) and what the loader already found wrong with it.
-SOURCE_KEY = "source"
-LOAD_ERRORS_KEY = "load_errors"
-
-#: Reasons an image or a field is bad, found here (the full table: :data:`vrl.data.preflight.REASONS`).
-MISSING_IMAGE = "missing_image"
-CORRUPT_IMAGE = "corrupt_image"
-BAD_IMAGE_REF = "bad_image_ref"
-PATH_ESCAPES_ROOT = "path_escapes_root"
-BAD_TYPE = "bad_type"
+from vrl.data.reasons import (  # noqa: F401 - re-exported: the reasons found here (the table: vrl.data.reasons)
+    BAD_IMAGE_REF,
+    BAD_TYPE,
+    CORRUPT_IMAGE,
+    LOAD_ERRORS_KEY,
+    MISSING_IMAGE,
+    NOT_A_FILE,
+    PATH_ESCAPES_ROOT,
+    SOURCE_KEY,
+)
 
 
 class BadImage(ValueError):
@@ -61,6 +61,7 @@ def image_storage(ref: Any, root: Path) -> dict[str, Any]:
             return image_storage(label, root)
         raise BadImage(BAD_IMAGE_REF, "image dict has neither bytes nor a path")
     if isinstance(ref, str):
+        _check_path_text(ref)
         if ref.startswith("data:"):
             return {"bytes": _data_uri_bytes(ref), "path": None}
         if "://" in ref:
@@ -74,8 +75,12 @@ def resolve_inside(ref: str, root: Path) -> Path:
 
     ``root`` must itself be resolved (``os.path.realpath``), or a symlinked root would reject everything.
     """
-    candidate = Path(ref).expanduser()
-    full = Path(os.path.realpath(candidate if candidate.is_absolute() else root / candidate))
+    _check_path_text(ref)
+    try:
+        candidate = Path(ref).expanduser()
+        full = Path(os.path.realpath(candidate if candidate.is_absolute() else root / candidate))
+    except (OSError, ValueError, RuntimeError) as err:  # e.g. a symlink loop, a name the OS rejects
+        raise BadImage(BAD_IMAGE_REF, f"{ref[:200]!r}: {type(err).__name__}: {err}") from err
     if not full.is_relative_to(root):
         raise BadImage(PATH_ESCAPES_ROOT, f"{ref!r} resolves to {full}, outside the data root {root}")
     return full
@@ -84,8 +89,12 @@ def resolve_inside(ref: str, root: Path) -> Path:
 def open_image(ref: Any) -> Image.Image:
     """Open, verify and fully decode one stored image, rotated by its EXIF tag as ``datasets.Image`` does.
 
+    A path is checked with ``stat`` before it is opened: opening a named pipe would block until something
+    writes to it, i.e. forever, so anything but a regular file is bad (:data:`NOT_A_FILE`).
+
     Raises:
-        BadImage: a missing file, undecodable data, or a reference of no known kind.
+        BadImage: a missing file, a path that is not a regular file, undecodable data, or a reference of no
+            known kind.
     """
     if isinstance(ref, Image.Image):
         data, path = None, None
@@ -99,6 +108,8 @@ def open_image(ref: Any) -> Image.Image:
         raise BadImage(BAD_IMAGE_REF, f"unsupported image reference of type {type(ref).__name__}")
     if not isinstance(ref, Image.Image) and data is None and not path:
         raise BadImage(BAD_IMAGE_REF, "image has neither bytes nor a path")
+    if data is None and path:
+        _check_regular_file(path)
     try:
         if isinstance(ref, Image.Image):  # already opened (rows built in Python): decode it, nothing more
             ref.load()
@@ -126,6 +137,29 @@ def without_image_decoding(feature: Any) -> Any:
     if isinstance(feature, dict):
         return type(feature)({k: without_image_decoding(v) for k, v in feature.items()})
     return feature
+
+
+def _check_path_text(ref: str) -> None:
+    """A path with a NUL byte makes every OS call raise ``ValueError``: one bad row, not a failed load."""
+    if "\x00" in ref:
+        raise BadImage(BAD_IMAGE_REF, f"{ref[:200]!r} contains a NUL byte")
+
+
+def _check_regular_file(path: str) -> None:
+    """Raise unless ``path`` is a regular file (``stat`` follows symlinks and never blocks, unlike ``open``)."""
+    if not isinstance(path, str):
+        raise BadImage(BAD_IMAGE_REF, f"image path is {type(path).__name__}, not text")
+    _check_path_text(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        raise BadImage(MISSING_IMAGE, f"{path}: {err.strerror or err}") from err
+    except (OSError, ValueError) as err:
+        raise BadImage(MISSING_IMAGE, f"{path}: {type(err).__name__}: {err}") from err
+    if not stat.S_ISREG(mode):
+        kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a named pipe", stat.S_ISSOCK: "a socket"}
+        kind = next((name for test, name in kinds.items() if test(mode)), "a device or special file")
+        raise BadImage(NOT_A_FILE, f"{path} is {kind}, not a regular file")
 
 
 def _data_uri_bytes(uri: str) -> bytes:

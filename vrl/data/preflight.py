@@ -8,11 +8,17 @@ line naming the file, the row and the field.
 A row is bad for one of the reasons in :data:`REASONS`. What happens to bad rows is ``on_bad_row``:
 
 * ``quarantine`` (the default): bad rows are dropped, each problem is written to a JSONL report (file, row,
-  uid, field, reason, detail) and the counts per reason are logged as a warning and returned. Real datasets
+  line for JSON lines, uid, field, reason, detail) and the counts per reason are logged as a warning and
+  returned. Real datasets
   carry a few broken rows, and losing a run to one of them is worse than training without it. But a dataset
   that is *mostly* broken is a bug (a wrong ``data_root``, a wrong column), not noise: when more than
   ``max_bad_fraction`` of the rows are bad, the run stops anyway, after writing the report.
-* ``error``: the first bad row stops the run with a message naming its file, row and field.
+* ``error``: the first bad row stops the run with a one-line message naming its file, row (line), field,
+  reason and fix.
+
+Both stops raise :class:`BadRowError`, a :class:`vrl.errors.DataError`: ``python -m vrl`` prints the line and
+exits with status 2, without a traceback. Reasons, their meaning and fixes: :mod:`vrl.data.reasons`; the
+per-row checks: :mod:`vrl.data.row_check`.
 
 The prompt length counts image tokens: the chat text (system prompt and suffix included, exactly as the
 rollout renders it) is tokenised, and each image adds the number of tokens the processor expands its
@@ -27,75 +33,47 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from vrl.data.rlvr import (
+from vrl.data.images import without_image_decoding
+from vrl.data.reasons import (  # noqa: F401 - re-exported: the reason codes, for callers and tests
+    BAD_ANSWER,
     BAD_IMAGE_REF,
+    BAD_IMAGE_SIZE,
+    BAD_LINE,
     BAD_TYPE,
     CORRUPT_IMAGE,
-    LOAD_ERRORS_KEY,
+    EMPTY_ANSWER,
+    FIXES,
     MISSING_IMAGE,
+    NOT_A_FILE,
     PATH_ESCAPES_ROOT,
-    SOURCE_KEY,
-    BadImage,
-    open_image,
-    without_image_decoding,
+    PLACEHOLDER_MISMATCH,
+    PROCESSOR_ERROR,
+    PROMPT_TOO_LONG,
+    REASONS,
+    RESERVED_TOKEN,
+    UNKNOWN_ANSWER_TYPE,
 )
-from vrl.rollout.prompts import IMAGE_PLACEHOLDER, to_messages
-from vrl.types import ANSWER_TYPES
+from vrl.data.row_check import RowChecker, RowVerdict
+from vrl.errors import DataError
 
 log = logging.getLogger(__name__)
 
-BAD_IMAGE_SIZE = "bad_image_size"
-EMPTY_ANSWER = "empty_answer"
-UNKNOWN_ANSWER_TYPE = "unknown_answer_type"
-PLACEHOLDER_MISMATCH = "placeholder_mismatch"
-RESERVED_TOKEN = "reserved_token"
-PROMPT_TOO_LONG = "prompt_too_long"
-PROCESSOR_ERROR = "processor_error"
-
-#: Every reason a row can be bad for, as written in the report.
-REASONS = {
-    MISSING_IMAGE: "an image path does not exist or cannot be read",
-    CORRUPT_IMAGE: "an image does not decode (PIL verify or load failed)",
-    BAD_IMAGE_REF: "an image is neither a path, bytes, a {bytes, path} dict nor a PIL image",
-    PATH_ESCAPES_ROOT: "an image path resolves outside the data root (../, absolute path or symlink)",
-    BAD_IMAGE_SIZE: "the processor cannot resize the image (e.g. an aspect ratio above its limit)",
-    BAD_TYPE: "the prompt is not a string, or images is not a list",
-    EMPTY_ANSWER: "the answer is missing (None) or empty after str()",
-    UNKNOWN_ANSWER_TYPE: f"answer_type is not one of {ANSWER_TYPES}",
-    PLACEHOLDER_MISMATCH: f"the prompt's {IMAGE_PLACEHOLDER} count is neither 0 nor the number of images",
-    RESERVED_TOKEN: "the prompt contains a special token of the tokenizer (e.g. <|image_pad|>) as text",
-    PROMPT_TOO_LONG: "the predicted prompt length (text + image tokens) exceeds max_prompt_tokens",
-    PROCESSOR_ERROR: "the processor raised on the row (exact_lengths mode, where sizes are not checked first)",
-}
 ON_BAD_ROW = ("quarantine", "error")
 #: A progress bar is shown above this many rows (when ``progress`` is left at None).
 PROGRESS_MIN_ROWS = 300
 
 
-class BadRowError(ValueError):
-    """The data failed the preflight: a bad row with ``on_bad_row=error``, or too many bad rows."""
+class BadRowError(DataError):
+    """The data failed the preflight: a bad row with ``on_bad_row=error``, or too many bad rows.
 
-
-@dataclass
-class RowVerdict:
-    """The preflight's finding on one row: ``problems`` is empty for a good row."""
-
-    index: int
-    file: str | None
-    row: int | None
-    uid: str | None
-    problems: list[dict[str, str]] = field(default_factory=list)
-    prompt_tokens: int | None = None
-
-    def where(self) -> str:
-        place = f"{self.file} row {self.row}" if self.file is not None else f"dataset index {self.index}"
-        return f"{place} (uid {self.uid!r})"
+    A :class:`vrl.errors.DataError`: ``python -m vrl`` prints its one-line message and exits with status 2.
+    """
 
 
 @dataclass
@@ -242,141 +220,12 @@ def run_preflight(
     if report_path is not None and getattr(rank_zero_only, "rank", 0) == 0:
         report = Path(report_path)
         path = str(report.with_name(f"{report.stem}.{split}{report.suffix or '.jsonl'}"))
-    result = preflight(dataset, processor, report_path=path, **preflight_cfg)
+    try:
+        result = preflight(dataset, processor, report_path=path, **preflight_cfg)
+    except BadRowError as err:
+        raise BadRowError(f"{split} data: {err}") from None
     (log.warning if result.bad_rows else log.info)("preflight %s: %s", split, result.summary())
     return result.dataset
-
-
-class RowChecker:
-    """Checks batches of rows: fields and images one by one, then prompt lengths for the good ones together.
-
-    Args: see :func:`preflight`.
-    """
-
-    def __init__(
-        self,
-        processor: Any,
-        max_prompt_tokens: int,
-        system_prompt: str | None = None,
-        prompt_suffix: str = "",
-        exact_lengths: bool = False,
-    ) -> None:
-        self.processor = processor
-        self.max_prompt_tokens = int(max_prompt_tokens)
-        self.system_prompt = system_prompt
-        self.prompt_suffix = prompt_suffix
-        image_processor = getattr(processor, "image_processor", None)
-        self.merge_size = getattr(image_processor, "merge_size", None)
-        has_rule = hasattr(image_processor, "get_number_of_image_patches") and self.merge_size
-        self.exact = exact_lengths or not has_rule
-        added = getattr(processor.tokenizer, "added_tokens_decoder", {}) or {}
-        self.reserved = sorted({t.content for t in added.values() if getattr(t, "special", False)})
-
-    def check(self, rows: list[dict], start: int) -> list[RowVerdict]:
-        """Verdicts for ``rows``, which are dataset indices ``start, start + 1, ...``."""
-        verdicts, images = [], []
-        for offset, row in enumerate(rows):
-            verdict, opened = self.check_fields(row, start + offset)
-            verdicts.append(verdict)
-            images.append(opened)
-        good = [j for j, v in enumerate(verdicts) if not v.problems]
-        lengths = self.prompt_lengths([rows[j] for j in good], [images[j] for j in good])
-        for j, n in zip(good, lengths):
-            names = _source_names(_meta(rows[j]))
-            if isinstance(n, Exception):
-                verdicts[j].problems.append(_problem(names["images"], PROCESSOR_ERROR, f"{type(n).__name__}: {n}"))
-                continue
-            verdicts[j].prompt_tokens = n
-            if n > self.max_prompt_tokens:
-                detail = f"{n} tokens (text + image tokens) > max_prompt_tokens={self.max_prompt_tokens}"
-                verdicts[j].problems.append(_problem(names["prompt"], PROMPT_TOO_LONG, detail))
-        return verdicts
-
-    def check_fields(self, row: dict, index: int) -> tuple[RowVerdict, list]:
-        """Types, answer, images (opened), placeholders; returns the verdict and the opened images."""
-        meta = _meta(row)
-        source, names = meta.get(SOURCE_KEY) or {}, _source_names(meta)
-        uid = None if row.get("uid") is None else str(row["uid"])
-        verdict = RowVerdict(index, source.get("file"), source.get("row", index), uid)
-        verdict.problems = [dict(p) for p in meta.get(LOAD_ERRORS_KEY) or []]
-        known = {p.get("field") for p in verdict.problems}  # fields the loader already reported
-
-        def add(name: str, reason: str, detail: str) -> None:
-            if name not in known:
-                verdict.problems.append(_problem(name, reason, detail))
-
-        prompt, answer, images = row.get("prompt"), row.get("answer"), row.get("images")
-        if not isinstance(prompt, str):
-            add(names["prompt"], BAD_TYPE, f"prompt is {type(prompt).__name__}, expected str")
-        if answer is None or not str(answer).strip():
-            add(names["answer"], EMPTY_ANSWER, f"answer is {answer!r}")
-        if row.get("answer_type") not in ANSWER_TYPES:
-            add("answer_type", UNKNOWN_ANSWER_TYPE, f"{row.get('answer_type')!r} is not one of {ANSWER_TYPES}")
-        if images is None:
-            images = []
-        if not isinstance(images, (list, tuple)):
-            add(names["images"], BAD_TYPE, f"images is {type(images).__name__}, expected a list")
-            images = []
-        opened = []
-        for k, ref in enumerate(images):
-            name = f"{names['images']}[{k}]"
-            if name in known:
-                continue
-            try:
-                opened.append(self._open(ref))
-            except BadImage as err:
-                add(name, err.reason, str(err))
-        if isinstance(prompt, str):
-            self._check_prompt_text(prompt, len(images), names["prompt"], add)
-        return verdict, opened
-
-    def _check_prompt_text(self, prompt: str, n_images: int, name: str, add: Any) -> None:
-        placeholders = prompt.count(IMAGE_PLACEHOLDER)
-        if placeholders not in (0, n_images):
-            add(name, PLACEHOLDER_MISMATCH, f"{placeholders} {IMAGE_PLACEHOLDER} placeholders but {n_images} images")
-        found = [t for t in self.reserved if t in prompt]
-        if found:
-            add(name, RESERVED_TOKEN, f"prompt contains {found}, which the processor would treat as control tokens")
-
-    def _open(self, ref: Any) -> Any:
-        """The image itself (exact mode) or its image-token count, from its size after EXIF rotation."""
-        image = open_image(ref)
-        if self.exact:
-            return image
-        width, height = image.size
-        try:
-            patches = self.processor.image_processor.get_number_of_image_patches(height, width, {})
-        except ValueError as err:  # the resize rule rejects it (Qwen: aspect ratio > 200)
-            raise BadImage(BAD_IMAGE_SIZE, f"{width}x{height} px: {err}") from err
-        return patches // self.merge_size**2
-
-    def prompt_lengths(self, rows: list[dict], images: list[list]) -> list[int | Exception]:
-        """Predicted ``input_ids`` length of each row's prompt as the rollout would encode it.
-
-        In exact mode a row the processor raises on gets the exception instead of a length.
-        """
-        if not rows:
-            return []
-        texts = [
-            self.processor.apply_chat_template(
-                to_messages({**row, "images": imgs}, self.system_prompt, self.prompt_suffix),
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            for row, imgs in zip(rows, images)
-        ]
-        if self.exact:
-            return [self._processor_length(text, imgs) for text, imgs in zip(texts, images)]
-        # Each image is one image-pad token in the text, which the processor expands to its token count.
-        ids = self.processor.tokenizer(texts)["input_ids"]
-        return [len(seq) + sum(n - 1 for n in imgs) for seq, imgs in zip(ids, images)]
-
-    def _processor_length(self, text: str, images: list) -> int | Exception:
-        kwargs = {"images": [im.convert("RGB") for im in images]} if images else {}
-        try:
-            return len(self.processor(text=[text], **kwargs)["input_ids"][0])
-        except (ValueError, TypeError, RuntimeError) as err:  # e.g. Qwen's resize rule on a 1x300 image
-            return err
 
 
 def _batches(dataset: Any, batch_size: int) -> Iterator[tuple[int, list[dict]]]:
@@ -442,32 +291,18 @@ def _scan_parallel(dataset: datasets.Dataset, checker: RowChecker, batch_size: i
     return [RowVerdict(**json.loads(v)) for v in out.with_format(None)["verdict"]]
 
 
-def _meta(row: dict) -> dict:
-    raw = row.get("meta")
-    if isinstance(raw, dict):
-        return raw
-    try:
-        meta = json.loads(raw) if isinstance(raw, str) else {}
-    except json.JSONDecodeError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def _source_names(meta: dict) -> dict[str, str]:
-    """Schema field -> the source column it was read from (what the report names), when the loader says."""
-    columns = (meta.get(SOURCE_KEY) or {}).get("columns") or {}
-    return {name: columns.get(name) or name for name in ("prompt", "answer", "images")}
-
-
-def _problem(name: str, reason: str, detail: str) -> dict[str, str]:
-    return {"field": name, "reason": reason, "detail": detail}
-
-
 def _bad_row_message(verdict: RowVerdict) -> str:
-    lines = [f"bad row in {verdict.where()}:"]
-    lines += [f"  field {p['field']!r}: {p['reason']}: {p['detail']}" for p in verdict.problems]
-    lines.append("Fix the row, or set data.preflight.on_bad_row=quarantine to drop bad rows and report them.")
-    return "\n".join(lines)
+    """One line: where the row is, each problem (field, reason, detail), and what to do."""
+    problems = "; ".join(f"field {p['field']!r}: {p['reason']}: {_one_line(p['detail'])}" for p in verdict.problems)
+    fixes = ", ".join(dict.fromkeys(FIXES.get(p["reason"], "fix the row") for p in verdict.problems))
+    return (
+        f"bad row in {verdict.where()}: {problems}. Fix: {fixes}; or set data.preflight.on_bad_row=quarantine "
+        "to drop bad rows and list them in the quarantine report"
+    )
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
 
 
 def _write_report(bad: list[RowVerdict], report_path: str | Path) -> None:
@@ -478,6 +313,7 @@ def _write_report(bad: list[RowVerdict], report_path: str | Path) -> None:
         for v in bad:
             for p in v.problems:
                 line = {"file": v.file, "row": v.row, "index": v.index, "uid": v.uid}
+                line |= {"line": v.line} if v.line is not None else {}
                 line |= {"field": p.get("field"), "reason": p.get("reason"), "detail": p.get("detail")}
                 f.write(json.dumps(line) + "\n")
 
@@ -498,9 +334,14 @@ def _check_result(result: PreflightResult, bad: list[RowVerdict], max_bad_fracti
     too_many = result.bad_fraction > max_bad_fraction
     if not too_many and result.kept > 0:
         return
-    examples = "\n".join(_bad_row_message(v).splitlines()[0] + " " + v.problems[0]["reason"] for v in bad[:5])
+    if result.total == 0:
+        raise BadRowError("preflight: the dataset has no rows; check the data path (and limit, split)")
+    first = bad[0].where() + ": " + ", ".join(f"field {p['field']!r}: {p['reason']}" for p in bad[0].problems)
     why = f"more than max_bad_fraction={max_bad_fraction:.1%}" if too_many else "no good row is left"
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(result.by_reason.items()))
+    report = f"; every bad row is listed in {result.report_path}" if result.report_path else ""
     raise BadRowError(
-        f"preflight: {result.summary()} -- {why}. A dataset this broken usually means a wrong data_root, "
-        f"column key or max_prompt_tokens, not noise. First bad rows:\n{examples}"
+        f"preflight: {result.bad_rows} of {result.total} rows are bad ({result.bad_fraction:.1%}), {why} "
+        f"(problems: {reasons}); first: {first}{report}. A dataset this broken usually means a wrong data_root, "
+        "column key or max_prompt_tokens, not noise: fix that, or raise data.preflight.max_bad_fraction"
     )

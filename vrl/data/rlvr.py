@@ -12,11 +12,14 @@ so a 100k-row dataset never holds its pixels in memory.
 
 The loader does not fail on a bad row: most problems (a missing or corrupt image, an over-long prompt) are
 only visible by opening every image, which is :mod:`vrl.data.preflight`'s job, and one broken row should not
-cost the rest of the data. What the loader does see (an image path escaping the data root, a question that is
-not text, an image reference of an unknown kind) it records in the row's ``meta`` under ``load_errors``, and
-the preflight reports it with everything else. The helpers both sides share live here too: how an image
-reference is stored (:func:`image_storage`), resolved inside the root (:func:`resolve_inside`) and opened
-(:func:`open_image`), and the ``meta`` keys and reason codes of what the loader finds.
+cost the rest of the data. What the loader does see (a JSON line that does not parse, an image path escaping
+the data root, a question that is not text, an answer that is a list or NaN, an image reference of an unknown
+kind) it records in the row's ``meta`` under ``load_errors``, and the preflight reports it with everything
+else. Only a file that cannot be used at all (empty, unreadable, without the configured columns) stops the
+load, with a one-line :class:`vrl.errors.DataError` naming it. The helpers both sides share are re-exported
+here: how an image reference is stored (:func:`image_storage`), resolved inside the root
+(:func:`resolve_inside`) and opened (:func:`open_image`), and the ``meta`` keys and reason codes
+(:mod:`vrl.data.reasons`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -33,19 +37,26 @@ from typing import Any
 import datasets
 
 from vrl.data.images import (  # noqa: F401 - re-exported: the loader's public image helpers
-    BAD_IMAGE_REF,
-    BAD_TYPE,
-    CORRUPT_IMAGE,
-    LOAD_ERRORS_KEY,
-    MISSING_IMAGE,
-    PATH_ESCAPES_ROOT,
-    SOURCE_KEY,
     BadImage,
     image_storage,
     open_image,
     resolve_inside,
     without_image_decoding,
 )
+from vrl.data.json_rows import JsonScan, read_json_rows, read_with_datasets, scan_json
+from vrl.data.reasons import (  # noqa: F401 - re-exported: the reasons the loader records
+    BAD_ANSWER,
+    BAD_IMAGE_REF,
+    BAD_LINE,
+    BAD_TYPE,
+    CORRUPT_IMAGE,
+    LOAD_ERRORS_KEY,
+    MISSING_IMAGE,
+    NOT_A_FILE,
+    PATH_ESCAPES_ROOT,
+    SOURCE_KEY,
+)
+from vrl.errors import DataError
 from vrl.types import ANSWER_TYPES
 
 #: File suffix -> ``datasets`` builder.
@@ -96,8 +107,10 @@ def load_rlvr(
     """Load local parquet / jsonl / json files in the common RLVR schema as vrl rows (:mod:`vrl.types`).
 
     Output columns: ``prompt``, ``images`` (list of PIL, decoded on access), ``answer`` (str, or None when
-    missing, for the preflight to catch), ``answer_type``, ``task``, ``format``, ``meta`` (JSON with the source
-    file and row under ``source``), ``uid``; plus every input column that no schema field was read from.
+    missing, NaN, a list or a mapping, for the preflight to catch), ``answer_type``, ``task``, ``format``,
+    ``meta`` (JSON with the source file, row and, for JSON lines, the 1-based line under ``source``), ``uid``;
+    plus every input column that no schema field was read from. A JSON line that does not parse is a row of
+    nulls whose ``meta`` says why (:mod:`vrl.data.json_rows`).
 
     Args:
         path: a file, a glob (``/data/*.parquet``) or a folder (every supported file under it), or a list of
@@ -110,7 +123,8 @@ def load_rlvr(
             images go before the text). A verl-style chat list (``[{"role": "user", "content": ...}]``) is
             turned into its last user message. Dotted keys reach into structs.
         answer_key: column holding the ground truth, turned into ``str`` (None stays None: the preflight
-            reports it). verl keeps it at ``reward_model.ground_truth``.
+            reports it; so does a NaN, or a list or mapping, except a list of numbers for a "bbox" row).
+            verl keeps it at ``reward_model.ground_truth``.
         images_key: column holding the images (a list, or one image). When absent, a single ``image``
             column is used; with neither, rows are text-only.
         answer_type: how accuracy is checked (one of :data:`vrl.types.ANSWER_TYPES`), for rows without an
@@ -130,8 +144,10 @@ def load_rlvr(
 
     Raises:
         FileNotFoundError: a path entry matches no file.
-        ValueError: an unsupported suffix, a missing question or answer column, an unknown ``answer_type``,
-            a column that the mapping would overwrite, or files whose columns differ.
+        DataError: a file that cannot be read at all (empty or blank, no parsable row, corrupt), a missing
+            question or answer column, a column that the mapping would overwrite, or files whose columns
+            differ; one line naming the file.
+        ValueError: an unsupported suffix or an unknown ``answer_type`` argument.
     """
     if answer_type not in ANSWER_TYPES:
         raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
@@ -183,26 +199,29 @@ def _load_file(
     file: Path, root: Path, columns: _Columns, label: str, split: str | None, limit: int | None, num_proc: int | None
 ) -> datasets.Dataset:
     """Read one file and map its columns to the schema (the extra columns ride along unchanged)."""
-    raw = datasets.load_dataset(FORMATS[file.suffix.lower()], data_files=[str(file)], split="train")
+    builder = FORMATS[file.suffix.lower()]
+    scan = scan_json(file) if builder == "json" else JsonScan(file)
+    raw = read_json_rows(scan) if builder == "json" else read_with_datasets(builder, file)
+    scan = replace(scan, items=None)  # the mapper keeps where rows came from, not a parsed copy of the file
     if limit is not None and limit < len(raw):
         raw = raw.select(range(limit))
     present = set(raw.column_names)
     for role, key in (("question_key", columns.question), ("answer_key", columns.answer)):
         if key.split(".")[0] not in present:
-            raise ValueError(f"{file}: no column {key!r} ({role}); columns: {sorted(present)}")
+            raise DataError(f"{file}: no column {key!r} ({role}); columns: {sorted(present)}")
     images = columns.images if columns.images in present else "image" if "image" in present else None
     columns = replace(columns, images=images, id=columns.id if columns.id in present else None)
     sources = {"prompt": columns.question, "answer": columns.answer, "images": images}
     consumed = {key for key in sources.values() if key and "." not in key}
     for field, key in sources.items():
         if field in present and field not in consumed:
-            raise ValueError(f"{file}: column {field!r} would be overwritten by {key!r}; rename or drop it")
+            raise DataError(f"{file}: column {field!r} would be overwritten by {key!r}; rename or drop it")
     reused = [c for c in ("answer_type", "task", "format", "meta", "uid") if c in present]
     inputs = sorted({k.split(".")[0] for k in sources.values() if k} | set(reused) | {columns.id} - {None})
     if images is not None and without_image_decoding(raw.features[images]) != raw.features[images]:
         raw = raw.cast_column(images, without_image_decoding(raw.features[images]))
     extras = {k: v for k, v in raw.features.items() if k not in consumed and k not in SCHEMA}
-    mapper = _RowMapper(columns, root, str(file), label, split, inputs, sources)
+    mapper = _RowMapper(columns, root, str(file), label, split, inputs, sources, scan)
     return raw.map(
         mapper,
         batched=True,
@@ -219,10 +238,18 @@ class _RowMapper:
     """Batched ``datasets.map`` function: source columns of one file -> the schema fields (picklable)."""
 
     def __init__(
-        self, columns: _Columns, root: Path, file: str, label: str, split: str | None, inputs: list, sources: dict
+        self,
+        columns: _Columns,
+        root: Path,
+        file: str,
+        label: str,
+        split: str | None,
+        inputs: list,
+        sources: dict,
+        scan: JsonScan,
     ) -> None:
         self.columns, self.root, self.file, self.label, self.split = columns, root, file, label, split
-        self.inputs, self.sources = inputs, sources
+        self.inputs, self.sources, self.scan = inputs, sources, scan
 
     def __call__(self, *args: Any) -> dict[str, list]:
         *values, indices = args
@@ -236,6 +263,8 @@ class _RowMapper:
     def row(self, values: dict[str, Any], row: int) -> dict[str, Any]:
         """One source row (its input columns) -> the schema fields."""
         c, errors = self.columns, []
+        if row in self.scan.bad:  # a JSON line that did not parse: an empty row that says why
+            return self._unreadable(row)
         prompt = _question_text(_lookup(values, c.question))
         if prompt is None:
             kind = type(_lookup(values, c.question)).__name__
@@ -247,17 +276,35 @@ class _RowMapper:
             except BadImage as err:
                 errors.append(_error(f"{c.images}[{k}]", err.reason, str(err)))
                 images.append(None)  # reads back as None: the row stays inspectable, its meta says why
-        answer = _lookup(values, c.answer)
+        answer_type = _text(values.get("answer_type")) or c.answer_type
+        answer, problem = _answer_text(_lookup(values, c.answer), answer_type)
+        if problem is not None:
+            errors.append(_error(c.answer, *problem))
         uid = values.get("uid") or (_lookup(values, c.id) if c.id else None)
         return {
             "prompt": prompt,
             "images": images,
-            "answer": None if answer is None else str(answer),
-            "answer_type": values.get("answer_type") or c.answer_type,
-            "task": values.get("task") or c.task,
-            "format": values.get("format") or c.format,
+            "answer": answer,
+            "answer_type": answer_type,
+            "task": _text(values.get("task")) or c.task,
+            "format": _text(values.get("format")) or c.format,
             "meta": self._meta(values.get("meta"), row, errors),
             "uid": str(uid) if uid is not None else f"{self.label}:{row}",
+        }
+
+    def _unreadable(self, row: int) -> dict[str, Any]:
+        where = f"line {self.scan.line_of(row)}" if self.scan.lines is not None else f"item {row}"
+        error = _error(where, BAD_LINE, self.scan.bad[row])
+        c = self.columns
+        return {
+            "prompt": None,
+            "images": [],
+            "answer": None,
+            "answer_type": c.answer_type,
+            "task": c.task,
+            "format": c.format,
+            "meta": self._meta(None, row, [error]),
+            "uid": f"{self.label}:{row}",
         }
 
     def _meta(self, original: Any, row: int, errors: list[dict]) -> str:
@@ -270,6 +317,8 @@ class _RowMapper:
         elif original is not None:
             meta["original_meta"] = original
         source = {"file": self.file, "row": row, "columns": self.sources}
+        if self.scan.lines is not None:
+            source["line"] = self.scan.line_of(row)
         meta[SOURCE_KEY] = source if self.split is None else {**source, "split": self.split}
         if errors:
             meta[LOAD_ERRORS_KEY] = errors
@@ -304,6 +353,34 @@ def _question_text(value: Any) -> str | None:
     return None
 
 
+def _answer_text(answer: Any, answer_type: str) -> tuple[str | None, tuple[str, str] | None]:
+    """The answer as the string rows carry, or None and (reason, detail) when it cannot be one.
+
+    ``str()`` would turn a NaN into ``"nan"`` and ``["red", "blue"]`` into ``"['red', 'blue']"``, both of
+    which some answer types accept as text; a list of numbers is a box for a "bbox" row.
+    """
+    if answer is None:
+        return None, None
+    if isinstance(answer, float) and not math.isfinite(answer):
+        return None, (BAD_ANSWER, f"answer is {answer}")
+    if isinstance(answer, (list, tuple)) and answer_type == "bbox" and all(_is_number(v) for v in answer):
+        return "[" + ", ".join(str(v) for v in answer) + "]", None
+    if isinstance(answer, (list, tuple, dict)):
+        shown = json.dumps(answer, default=str)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return None, (BAD_TYPE, f"answer is a {type(answer).__name__} ({shown}), expected one string or number")
+    return str(answer), None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value: Any) -> str | None:
+    """A text column's value as ``str`` (None stays None), so that an odd type cannot fail the arrow cast."""
+    return None if value is None else value if isinstance(value, str) else str(value)
+
+
 def _as_list(value: Any) -> list:
     if value is None:
         return []
@@ -320,7 +397,7 @@ def _concatenate(parts: list[datasets.Dataset], files: list[Path]) -> datasets.D
     first = set(parts[0].column_names)
     for part, file in zip(parts[1:], files[1:]):
         if set(part.column_names) != first:
-            raise ValueError(
+            raise DataError(
                 f"{file} has columns {sorted(part.column_names)} but {files[0]} has {sorted(first)}; "
                 "files loaded together must have the same columns"
             )
