@@ -26,6 +26,8 @@ GROUP_OPTIONS = [
         "reward",
         "scheduler",
         "kernels",
+        "lora",
+        "experiment",
     )
     for p in sorted((CONF / group).glob("*.yaml"))
 ]
@@ -94,3 +96,19 @@ def test_composed_config_matches_snapshot(compose, overrides):
         if not os.environ.get("VRL_UPDATE_SNAPSHOTS"):
             pytest.fail(f"snapshot {path.name} was missing and has been written; review and commit it")
     assert text == path.read_text(), f"composed config changed; review and run VRL_UPDATE_SNAPSHOTS=1 ({path.name})"
+
+
+def test_lora_is_a_group_and_its_keys_take_dotted_overrides(compose):
+    assert compose([]).model.lora.r == 0  # conf/lora/none.yaml: no LoRA
+    dotted = compose(["model.lora.r=8"]).model.lora  # the override that failed with "Key 'r' is not in struct"
+    assert (dotted.r, dotted.alpha, dotted.include_vision) == (8, None, False)
+    assert compose(["lora=r64"]).model.lora.r == 64
+    assert compose(["lora=r64_vision", "model.lora.dropout=0.05"]).model.lora.include_vision
+    assert compose(["model=qwen2_5_vl_7b", "lora=r8"]).model.lora.r == 8  # the group follows any model
+
+
+def test_help_lists_every_method_and_group():
+    text = (CONF / "hydra" / "help" / "vrl.yaml").read_text()
+    missing = [m for m in METHODS if f"\n    {m} " not in text]
+    assert not missing, f"--help does not describe {missing}"
+    assert "$APP_CONFIG_GROUPS" in text  # Hydra fills in every group with its options

@@ -28,6 +28,7 @@ def _quiet() -> None:
         r".*ModelCheckpoint with manual optimization.*",  # vrl checkpoints after the step on purpose
         r".*litlogger.*",
         r".*IterableDataset. has .__len__. defined.*",  # StepTicks: one process, no workers
+        r".*Total length of .list. across ranks is zero.*",  # data.val=null: the empty val loader is on purpose
     ):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
@@ -63,17 +64,35 @@ def run(cfg: DictConfig) -> dict[str, float]:
         tags |= _sweep_tags()
         log_run_metadata(logger, cfg, cfg.output_dir, tags)
         module.rollout_logger = RolloutTableLogger(logger)
-    trainer = build_trainer(cfg, logger)
+    console = _console(cfg)
+    trainer = build_trainer(cfg, logger, callbacks=[console] if console else None)
     trainer.fit(module, ckpt_path=cfg.ckpt_path)
+    policy_dir = None
     if cfg.save_policy and trainer.is_global_zero:
         from vrl.models.loading import save_vlm
 
-        out = Path(cfg.output_dir) / "policy"
-        save_vlm(module.vlm, out, merge_lora=cfg.merge_lora)
-        log.info("saved policy to %s", out)
+        policy_dir = save_vlm(module.vlm, Path(cfg.output_dir) / "policy", merge_lora=cfg.merge_lora)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if logger is not None and trainer.is_global_zero:
-        _print_tracking_hint(logger)
+    return _report(trainer, module, cfg, console, logger, policy_dir, metrics)
+
+
+def _console(cfg: DictConfig):
+    """The ``console`` callback (vrl/console.py: parameter count, periodic metrics line), or None."""
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.console) if cfg.get("console") else None
+
+
+def _report(trainer, module, cfg, console, logger, policy_dir, metrics: dict[str, float]) -> dict[str, float]:
+    """Print the end-of-run summary; a single run that stopped before its last step exits with status 3."""
+    from vrl.console import EXIT_STOPPED, run_summary
+
+    elapsed = console.elapsed() if console is not None else None
+    summary = run_summary(trainer, module.hooks.hooks, cfg.output_dir, policy_dir, logger, elapsed)
+    if trainer.is_global_zero:
+        print("\n" + summary.text + "\n", flush=True)
+    if summary.stopped is not None and not _sweep_tags():  # a sweep goes on with its next job
+        sys.exit(EXIT_STOPPED)
     return metrics
 
 
@@ -88,12 +107,6 @@ def _sweep_tags() -> dict[str, str]:
     if hc.mode != RunMode.MULTIRUN:
         return {}
     return {"sweep": hc.sweep.dir, "sweep_job": str(hc.job.num), "overrides": " ".join(hc.overrides.task)}
-
-
-def _print_tracking_hint(logger) -> None:
-    uri = logger._tracking_uri
-    view = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
-    print(f"\n[vrl] run {logger.run_id} logged to {uri}\n[vrl] view it with: {view}\n")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://vrl_conf", config_name="train")
