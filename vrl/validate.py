@@ -28,6 +28,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrl.errors import ConfigError
+from vrl.fit_checks import check_fit
 from vrl.utils.signature import static_signature
 
 __all__ = ["ConfigError", "check_keys", "check_values", "validate_config"]
@@ -61,6 +62,7 @@ def check_values(cfg: DictConfig, unread: list[tuple[str, dict]]) -> None:
                 raise ConfigError(f"{group}: {_root_cause(err)}") from err
     _check_cross_group(cfg)
     _warn_rewardmap_weight(cfg)
+    check_fit(cfg)  # settings that are each valid but do not work together (vrl/fit_checks.py)
 
 
 def _targets(node: Any, path: str = ""):
