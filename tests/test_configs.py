@@ -112,3 +112,20 @@ def test_help_lists_every_method_and_group():
     missing = [m for m in METHODS if f"\n    {m} " not in text]
     assert not missing, f"--help does not describe {missing}"
     assert "$APP_CONFIG_GROUPS" in text  # Hydra fills in every group with its options
+
+
+def test_real_model_recipes_compose_validate_and_differ_only_in_the_model(compose):
+    from vrl.validate import validate_config
+
+    three, seven = (compose([f"experiment=grpo_synthetic_qwen2_5_vl_{s}", "output_dir=/tmp/x"]) for s in ("3b", "7b"))
+    for cfg in (three, seven):
+        validate_config(cfg)  # no weights needed: the model is not built
+        assert (cfg.model.lora.r, cfg.model.freeze_vision, cfg.model.dtype) == (64, True, "bfloat16")
+        assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.precision) == ("gpu", 1, "bf16-mixed")
+    assert (three.model.name_or_path, seven.model.name_or_path) == (
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+    )
+    a, b = (OmegaConf.to_container(c, resolve=False) for c in (three, seven))
+    a.pop("model"), b.pop("model")
+    assert a == b  # the 7B recipe changes the model and nothing else
