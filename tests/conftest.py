@@ -24,6 +24,9 @@ os.environ.update(
         "TORCHINDUCTOR_CACHE_DIR": str(_CACHE / "inductor"),
     }
 )
+# As `python -m vrl` does (vrl/utils/threads.py): idle OpenMP threads sleep instead of spinning, so the suite
+# (and the runs it starts as subprocesses) does not collapse when the machine is shared. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 

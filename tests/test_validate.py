@@ -23,6 +23,19 @@ from vrl.validate import ConfigError, validate_config
         (["kernels=triton", "+method=gspo"], "kernels.impl"),
         (["model.dtype=3"], "model.dtype"),
         (["+method=[pearl,vppo]"], "hooks.dynamic_sampling.keys"),  # vppo's filter overwrote PEARL's OR filter
+        # issue 11: keys outside the _target_ nodes, and where targets may come from
+        (["+seeed=1"], "seeed: unknown top-level key; did you mean seed"),
+        (["+data_loader.batchsize=4"], "data_loader.batchsize: unknown key; did you mean data_loader.batch_size"),
+        (["save_policy=maybe"], "save_policy: expected bool"),
+        (["seed=true"], "seed: expected int"),
+        (["update.micro_batch_size=abc"], "update.micro_batch_size: expected int"),
+        (["update.max_grad_norm=-1"], "update.max_grad_norm must be > 0"),
+        (["update.ppo_epochs=0"], "update.ppo_epochs must be >= 1"),
+        (["data_loader.val_batch_size=0"], "data_loader.val_batch_size must be >= 1"),
+        (["optimizer.lr=-1"], "optimizer: Invalid learning rate"),
+        (["ckpt_every=-1"], "ckpt_every must be >= 0"),
+        (["model.name_or_path=???"], "model.name_or_path: required value is missing"),
+        (["+reward.x={_target_:os.system,command:ls}"], "reward.x._target_: 'os.system' is outside"),
     ],
 )
 def test_bad_value_names_the_key(compose, overrides, key, tmp_path):
@@ -72,3 +85,14 @@ def test_config_errors_come_before_heavy_imports(tmp_path, args, banned, message
     assert out.returncode == 2
     assert len(said) == 1 and said[0].startswith("[vrl] config error: ") and message in said[0], said
     assert not imported & banned, sorted(imported & banned)
+
+
+def test_target_allow_list_opt_in(compose, monkeypatch):
+    # A package of the user's own is refused until named in VRL_ALLOWED_TARGETS (then only its signature is
+    # checked: the unknown module cannot be read, so the import fails with the key named).
+    cfg = compose(["+reward.mine={_target_:mypkg_xyz.rewards.Mine,weight:1.0}", "output_dir=/tmp/x"])
+    with pytest.raises(ConfigError, match="outside the packages"):
+        validate_config(cfg)
+    monkeypatch.setenv("VRL_ALLOWED_TARGETS", "mypkg_xyz")
+    with pytest.raises(ConfigError, match=r"reward\.mine\._target_: cannot import 'mypkg_xyz\.rewards\.Mine'"):
+        validate_config(cfg)

@@ -63,16 +63,18 @@ def build_module(cfg: DictConfig) -> RLModule:
 
 
 def build_trainer(cfg: DictConfig, logger: Any = None, callbacks: list | None = None):
-    """The Lightning Trainer from ``conf/trainer`` plus vrl's checkpoint callback."""
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    """The Lightning Trainer from ``conf/trainer`` plus vrl's checkpointing (crash-safe, signal-aware)."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from vrl.lit.checkpoint import AtomicCheckpointIO, Checkpoints
 
     extra = [TQDMProgressBar(refresh_rate=5)] if cfg.trainer.get("enable_progress_bar", True) else []
-    ckpt = ModelCheckpoint(
-        dirpath=f"{cfg.output_dir}/checkpoints",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=cfg.get("ckpt_every", 20),
-    )
+    if not any(isinstance(c, Checkpoints) for c in callbacks or []):
+        extra.append(Checkpoints(f"{cfg.output_dir}/checkpoints", every_n_steps=cfg.get("ckpt_every", 20)))
     return instantiate(
-        cfg.trainer, logger=logger if logger is not None else False, callbacks=[ckpt, *extra, *(callbacks or [])]
+        cfg.trainer,
+        logger=logger if logger is not None else False,
+        callbacks=[*extra, *(callbacks or [])],
+        plugins=[AtomicCheckpointIO()],  # write next to the target, fsync, keep the previous checkpoint
+        enable_checkpointing=False,  # no default ModelCheckpoint: Checkpoints above is the only writer
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vrl.errors import ConfigError
 from vrl.types import Rollout
 
 
@@ -30,33 +31,119 @@ def build_mlflow_logger(
     run_name: str | None = None,
     artifact_location: str | None = "mlartifacts",
     tags: dict[str, str] | None = None,
+    run_id: str | None = None,
+    connect_timeout_s: float = 10.0,
 ):
     """Lightning's ``MLFlowLogger`` against an embedded SQLite store (default) or any tracking URI.
 
     Args:
         tracking_uri: ``sqlite:///mlflow.db`` (relative to the working directory), ``http://host:port``,
-            or any MLflow URI.
-        experiment_name: MLflow experiment; sweep jobs share it and are grouped by the ``sweep`` tag.
-        run_name: MLflow run name (defaults to MLflow's generated one).
+            or any MLflow URI. A server that does not answer within ``connect_timeout_s`` stops the run at
+            start with one line (MLflow itself would retry for minutes).
+        experiment_name: MLflow experiment; sweep jobs share it and are grouped under a parent run.
+        run_name: MLflow run name; vrl names runs after the method and the overrides (``vrl.train``).
         artifact_location: where a *new* experiment stores artifacts for file/SQLite stores; made
             absolute. Ignored for an existing experiment and for server URIs (the server decides).
         tags: extra run tags.
+        run_id: continue this run instead of starting one (set by vrl on resume, from the checkpoint).
+        connect_timeout_s: how long to wait for an HTTP tracking server at start.
     """
-    from lightning.pytorch.loggers import MLFlowLogger
-
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        check_tracking_server(uri, connect_timeout_s)
     location = None
     if artifact_location and not uri.startswith(("http://", "https://")):
         location = Path(artifact_location).resolve().as_uri()
-    return MLFlowLogger(
+    from vrl.lit.run_logger import ResumableMLFlowLogger  # Lightning: imported only once the config is valid
+
+    return ResumableMLFlowLogger(
         experiment_name=experiment_name,
         run_name=run_name,
         tracking_uri=uri,
         tags=dict(tags or {}),
         artifact_location=location,
         log_model=False,
+        run_id=run_id,
     )
+
+
+def check_tracking_server(uri: str, timeout_s: float) -> None:
+    """Raise ``ConfigError`` unless an MLflow server answers ``GET /health`` at ``uri`` within ``timeout_s``."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        reason = f"HTTP {err.code}"
+    except (OSError, ValueError) as err:  # refused, unreachable, timed out, malformed URL
+        reason = str(getattr(err, "reason", err))
+    raise ConfigError(
+        f"logger.tracking_uri={uri}: no MLflow server answers ({reason}); start one (mlflow server --host "
+        "127.0.0.1 --port ...), or log locally with logger.tracking_uri=sqlite:///mlflow.db, or use logger=none"
+    )
+
+
+def run_identity(overrides: list[str], when: str) -> tuple[str, dict[str, str]]:
+    """A unique, readable run name and the ``method`` tag, from the command line's overrides.
+
+    ``["+method=[vppo,pearl]", "seed=1"]`` at ``12-05 17:40:02`` -> ``("vppo+pearl seed=1 @12-05 17:40:02",
+    {"method": "vppo+pearl"})``. Without a ``+method`` the method is ``grpo`` (the base config). Overrides that
+    only move files or switch logging (``hydra.*``, ``output_dir``, ``logger*``) are left out of the name.
+    """
+    method, rest = "grpo", []
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if key == "method":
+            method = "+".join(v.strip() for v in value.strip("[]").split(",") if v.strip()) or method
+        elif not key.startswith(("hydra.", "hydra/", "output_dir", "logger")):
+            rest.append(item.lstrip("+"))
+    name = " ".join([method, *rest, f"@{when}"])
+    return name, {"method": method}
+
+
+def sweep_parent(client: Any, experiment_id: str, sweep_dir: str) -> str:
+    """The MLflow run that groups a sweep's jobs (created by the first job, found by its tag after that).
+
+    Jobs carry ``mlflow.parentRunId`` = this id, so the MLflow UI nests them under one row per sweep.
+    """
+    tag = "vrl.sweep_parent"
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{sweep_dir}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    name = f"sweep {Path(sweep_dir).parent.name}/{Path(sweep_dir).name}"
+    run_id = client.create_run(experiment_id, tags={tag: sweep_dir, "mlflow.runName": name}).info.run_id
+    client.set_terminated(run_id, "FINISHED")  # a grouping row: it runs nothing itself
+    return run_id
+
+
+def reap_dead_runs(client: Any, experiment_id: str, host: str) -> list[str]:
+    """Mark KILLED the runs still RUNNING whose process (tags ``host``/``pid``, this host) no longer exists.
+
+    A SIGKILL leaves no chance to say so; the next run started on the same host tidies up. Returns their ids.
+    """
+    reaped = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500):
+        tags = run.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit() or _alive(int(tags["pid"])):
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        reaped.append(run.info.run_id)
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def git_commit(path: str | Path | None = None) -> str:

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from vrl.utils.threads import configure_threads
@@ -25,10 +29,12 @@ def _quiet() -> None:
     logging.getLogger("lightning.pytorch").propagate = False
     for message in (
         r".*isinstance\(treespec, LeafSpec\).*",  # Lightning vs torch pytree deprecation, not ours
-        r".*ModelCheckpoint with manual optimization.*",  # vrl checkpoints after the step on purpose
         r".*litlogger.*",
         r".*IterableDataset. has .__len__. defined.*",  # StepTicks: one process, no workers
         r".*Total length of .list. across ranks is zero.*",  # data.val=null: the empty val loader is on purpose
+        # On resume: the train loader only yields step ticks; the data position (which prompts come next) is
+        # restored from the checkpoint by the module itself (PromptSource, checkpoint["vrl"]["prompts"]).
+        r".*dataloader is not resumable.*",
     ):
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
@@ -51,22 +57,41 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     _quiet()
     from vrl.build import build_module, build_trainer
-    from vrl.tracking import RolloutTableLogger, dataset_fingerprint, git_commit, log_run_metadata
+    from vrl.lit.checkpoint import Checkpoints, resolve_resume
+    from vrl.tracking import (
+        RolloutTableLogger,
+        dataset_fingerprint,
+        git_commit,
+        log_run_metadata,
+        reap_dead_runs,
+        sweep_parent,
+    )
 
+    checkpoints = Path(cfg.output_dir) / "checkpoints"
+    resume_from, resumed = resolve_resume(cfg.ckpt_path, checkpoints)  # a bad ckpt_path stops here, in one line
+    logger = _logger(cfg, resumed.get("mlflow_run_id"))  # a dead tracking server too, before the model is built
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
-    logger = None
-    if cfg.get("logger"):
-        from hydra.utils import instantiate
-
-        logger = instantiate(cfg.logger)
-        tags = {"git_commit": git_commit(), "data_fingerprint": dataset_fingerprint(module.train_data)}
-        tags |= _sweep_tags()
-        log_run_metadata(logger, cfg, cfg.output_dir, tags)
+    if logger is not None:
+        if resumed.get("mlflow_run_id"):
+            logger.continue_run()  # the same MLflow run, each step logged once
+        else:
+            tags = {"git_commit": git_commit(), "data_fingerprint": dataset_fingerprint(module.train_data)}
+            tags |= _sweep_tags() | _host_tags()
+            reap_dead_runs(logger.experiment, logger.experiment_id, tags["host"])
+            if "sweep" in tags:
+                tags["mlflow.parentRunId"] = sweep_parent(logger.experiment, logger.experiment_id, tags["sweep"])
+            log_run_metadata(logger, cfg, cfg.output_dir, tags)
         module.rollout_logger = RolloutTableLogger(logger)
     console = _console(cfg)
-    trainer = build_trainer(cfg, logger, callbacks=[console] if console else None)
-    trainer.fit(module, ckpt_path=cfg.ckpt_path)
+    keeper = Checkpoints(checkpoints, every_n_steps=cfg.ckpt_every)
+    trainer = build_trainer(cfg, logger, callbacks=[keeper, *([console] if console else [])])
+    try:
+        trainer.fit(module, ckpt_path=resume_from)
+    except SystemExit:
+        if keeper.signal is None:
+            raise
+        _stopped_by_signal(keeper, logger, cfg.output_dir, trainer.global_step)
     policy_dir = None
     if cfg.save_policy and trainer.is_global_zero:
         from vrl.models.loading import save_vlm
@@ -74,6 +99,39 @@ def run(cfg: DictConfig) -> dict[str, float]:
         policy_dir = save_vlm(module.vlm, Path(cfg.output_dir) / "policy", merge_lora=cfg.merge_lora)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return _report(trainer, module, cfg, console, logger, policy_dir, metrics)
+
+
+def _logger(cfg: DictConfig, run_id: str | None):
+    """The MLflow logger (None with ``logger=none``): a new, named run, or the checkpoint's run on resume."""
+    if not cfg.get("logger"):
+        return None
+    from hydra.utils import instantiate
+
+    from vrl.tracking import run_identity
+
+    if run_id:
+        return instantiate(cfg.logger, run_id=run_id)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    name, tags = run_identity(overrides, time.strftime("%m-%d %H:%M:%S"))
+    return instantiate(cfg.logger, run_name=cfg.logger.get("run_name") or name, tags=tags)
+
+
+def _host_tags() -> dict[str, str]:
+    """Where the run's process lives: lets a later start tell a crashed run from a live one."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def _stopped_by_signal(keeper, logger, output_dir: str, step: int) -> None:
+    """A stop signal (preemption): say where the checkpoint is, mark the MLflow run KILLED, exit 128 + signal."""
+    name = signal.Signals(keeper.signal).name
+    print(
+        f"[vrl] stopped by {name} after step {step}; checkpoint: {keeper.saved}\n"
+        f"[vrl] resume with: python -m vrl hydra.run.dir={output_dir} ckpt_path=last (same overrides)",
+        file=sys.stderr,
+    )
+    if logger is not None and logger.run_id:
+        logger.experiment.set_terminated(logger.run_id, "KILLED")
+    sys.exit(128 + int(keeper.signal))
 
 
 def _console(cfg: DictConfig):
@@ -109,8 +167,21 @@ def _sweep_tags() -> dict[str, str]:
     return {"sweep": hc.sweep.dir, "sweep_job": str(hc.job.num), "overrides": " ".join(hc.overrides.task)}
 
 
+def main() -> None:
+    """``python -m vrl`` / ``vrl``: one-line errors for unknown group options, then Hydra (``_hydra_main``)."""
+    from vrl.cli import check_group_overrides
+    from vrl.errors import ConfigError
+
+    try:
+        check_group_overrides(sys.argv[1:])
+    except ConfigError as err:
+        print(f"[vrl] config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://vrl_conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from vrl.errors import UserInputError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -18,14 +18,17 @@ Rules about configs that run but probably do not do what was meant log a warning
 from __future__ import annotations
 
 import ast
+import difflib
 import inspect
 import logging
+import os
 import types
 import typing
 from typing import Any
 
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from vrl.errors import ConfigError
 from vrl.fit_checks import check_fit
@@ -45,9 +48,117 @@ def validate_config(cfg: DictConfig) -> None:
 
 def check_keys(cfg: DictConfig) -> list[tuple[str, dict]]:
     """Pass 1 without importing any target: names and types of every key whose constructor can be read from
-    source. Returns the ``(path, node)`` pairs that could not be read that way, for ``check_values``."""
-    tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    source, the top-level keys and the plain blocks, and the ``_target_`` allow-list. Returns the
+    ``(path, node)`` pairs whose signature could not be read that way, for ``check_values``."""
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{err.full_key}: required value is missing (???); set it, e.g. {err.full_key}=...") from err
+    except OmegaConfBaseException as err:  # a bad interpolation, e.g. ${oc.env:...} without a default
+        raise ConfigError(f"{getattr(err, 'full_key', '') or 'config'}: {err.msg}") from err
+    _check_top_level(tree)
+    for block, (targets, types_) in PLAIN_BLOCKS.items():
+        _check_plain_block(block, tree.get(block), targets, types_)
+    allowed = allowed_target_prefixes()
+    for path, node in _targets(tree):
+        target = str(node["_target_"])
+        if not target.startswith(allowed):
+            raise ConfigError(
+                f"{path}._target_: {target!r} is outside the packages vrl imports from configs "
+                f"({', '.join(p.rstrip('.') for p in allowed)}); to allow your own package, "
+                f"export {ALLOW_ENV}=<package>[,<package>...]"
+            )
     return [(path, node) for path, node in _targets(tree) if not _check_node_static(path, node)]
+
+
+#: Packages whose callables a config may name in ``_target_``. Hydra imports and calls whatever a config
+#: names, so a config from elsewhere could otherwise run any function on this machine; user code is one
+#: explicit opt-in away: ``export VRL_ALLOWED_TARGETS=mypkg`` (comma-separated package names).
+ALLOWED_TARGETS = ("vrl", "vrl_kernels", "torch", "lightning", "transformers", "peft", "datasets")
+ALLOW_ENV = "VRL_ALLOWED_TARGETS"
+
+
+def allowed_target_prefixes() -> tuple[str, ...]:
+    extra = [p.strip() for p in os.environ.get(ALLOW_ENV, "").split(",") if p.strip()]
+    return tuple(f"{name}." for name in (*ALLOWED_TARGETS, *extra))
+
+
+#: The run's own top-level keys (read by ``vrl.train`` and ``vrl.build``) and their types.
+TOP_LEVEL = {
+    "seed": int,
+    "run_name": (str, type(None)),
+    "output_dir": str,
+    "ckpt_every": int,
+    "ckpt_path": (str, type(None)),
+    "save_policy": bool,
+    "merge_lora": bool,
+}
+
+#: Plain blocks (no ``_target_``) -> the constructors their keys reach, and keys with their own types.
+PLAIN_BLOCKS = {
+    "update": (("vrl.lit.rl_module.RLModule", "vrl.lit.loss.Objective"), {}),
+    "data_loader": (
+        (),
+        {"batch_size": int, "val_batch_size": int, "shuffle": bool},  # -> RLModule(batch_size, val_batch_size)
+    ),
+}
+
+
+def _top_level_names() -> set[str]:
+    """Keys ``conf/train.yaml`` may hold: its own keys and its defaults-list groups (read from the file)."""
+    from importlib.resources import files
+
+    primary = OmegaConf.load(files("vrl_conf") / "train.yaml")
+    groups = set()
+    for entry in primary.get("defaults", []):
+        name = next(iter(entry)) if isinstance(entry, DictConfig) else str(entry)
+        groups.add(name.split("@")[0].split("/")[0].removeprefix("override ").strip())
+    return {*primary.keys(), *groups, *TOP_LEVEL} - {"defaults", "_self_"}
+
+
+def _check_top_level(tree: dict) -> None:
+    known = _top_level_names()
+    for key, value in tree.items():
+        if key not in known:
+            hint = difflib.get_close_matches(key, sorted(known), n=1)
+            also = f"; did you mean {hint[0]}?" if hint else ""
+            raise ConfigError(f"{key}: unknown top-level key{also} (a typo, or a group that is not installed)")
+        if key in TOP_LEVEL and not _is(value, TOP_LEVEL[key]):
+            raise ConfigError(f"{key}: expected {_names(TOP_LEVEL[key])}, got {value!r} ({type(value).__name__})")
+    if tree.get("ckpt_every", 0) < 0:
+        raise ConfigError(f"ckpt_every must be >= 0 (0 = only at the end and on signals), got {tree['ckpt_every']}")
+
+
+def _check_plain_block(block: str, node: Any, targets: tuple[str, ...], types_: dict[str, Any]) -> None:
+    if node is None:
+        return
+    if not isinstance(node, dict):
+        raise ConfigError(f"{block}: expected a mapping of settings, got {node!r}")
+    sigs = [sig for sig in (static_signature(t) for t in targets) if sig is not None]
+    valid = {*types_, *(name for sig in sigs for name in sig.params)}
+    for key, value in node.items():
+        if key not in valid:
+            hint = difflib.get_close_matches(key, sorted(valid), n=1)
+            also = f"; did you mean {block}.{hint[0]}?" if hint else ""
+            raise ConfigError(f"{block}.{key}: unknown key{also} (valid: {', '.join(sorted(valid))})")
+        if key in types_:
+            if not _is(value, types_[key]):
+                raise ConfigError(f"{block}.{key}: expected {_names(types_[key])}, got {value!r}")
+            continue
+        hint = next((sig.annotations[key] for sig in sigs if key in sig.annotations), None)
+        if hint is not None and not _matches_ast(value, hint):
+            raise ConfigError(f"{block}.{key}: expected {ast.unparse(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _is(value: Any, types_: type | tuple[type, ...]) -> bool:
+    """``isinstance`` where a bool is not an int (``save_policy: 1`` and ``seed: true`` are mistakes)."""
+    types_ = types_ if isinstance(types_, tuple) else (types_,)
+    return isinstance(value, types_) and (bool in types_ or not isinstance(value, bool))
+
+
+def _names(types_: Any) -> str:
+    types_ = types_ if isinstance(types_, tuple) else (types_,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types_)
 
 
 def check_values(cfg: DictConfig, unread: list[tuple[str, dict]]) -> None:
@@ -60,9 +171,31 @@ def check_values(cfg: DictConfig, unread: list[tuple[str, dict]]) -> None:
                 instantiate(cfg[group])
             except Exception as err:  # noqa: BLE001 - re-raised with the key named
                 raise ConfigError(f"{group}: {_root_cause(err)}") from err
+    _check_plain_values(cfg)
     _check_cross_group(cfg)
     _warn_rewardmap_weight(cfg)
     check_fit(cfg)  # settings that are each valid but do not work together (vrl/fit_checks.py)
+
+
+def _check_plain_values(cfg: DictConfig) -> None:
+    """Values of the plain blocks, which no constructor sees before the model is built; and the optimizer's own
+    checks (torch's ``Invalid learning rate`` ...), run on a stand-in parameter."""
+    update = cfg.get("update") or {}
+    for key in ("ppo_epochs", "micro_batch_size", "mini_batch_size", "max_bad_steps", "max_empty_steps"):
+        if update.get(key) is not None and update[key] < 1:
+            raise ConfigError(f"update.{key} must be >= 1, got {update[key]}")
+    if update.get("max_grad_norm") is not None and update.max_grad_norm <= 0:
+        raise ConfigError(f"update.max_grad_norm must be > 0 (or null: no clipping), got {update.max_grad_norm}")
+    for key in ("batch_size", "val_batch_size"):
+        if (cfg.get("data_loader") or {}).get(key, 1) < 1:
+            raise ConfigError(f"data_loader.{key} must be >= 1, got {cfg.data_loader[key]}")
+    if cfg.get("optimizer"):
+        import torch
+
+        try:
+            instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+        except Exception as err:  # noqa: BLE001 - re-raised with the group named
+            raise ConfigError(f"optimizer: {_root_cause(err)}") from err
 
 
 def _targets(node: Any, path: str = ""):
@@ -215,8 +348,6 @@ def _check_cross_group(cfg: DictConfig) -> None:
         )
     if impl != "torch" and cfg.get("kl") and cfg.kl.get("estimator") != "k3":
         raise ConfigError(f"kernels.impl={impl}: the fused loss supports kl.estimator=k3 only; use kernels=torch")
-    if cfg.data_loader.batch_size < 1:
-        raise ConfigError(f"data_loader.batch_size must be >= 1, got {cfg.data_loader.batch_size}")
 
 
 def _warn_rewardmap_weight(cfg: DictConfig) -> None:

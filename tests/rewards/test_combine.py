@@ -206,3 +206,17 @@ def test_term_defaults_may_name_a_switched_off_term():
     rs = RewardSet({"c": Const(1.0), "off": None}, term_defaults={"off": 1.0, "c": 0.5})
     assert rs.defaults == {"c": 0.5}
     assert not math.isnan(float(rs(["a"], rows(1))[0][0]))
+
+
+def test_the_streak_survives_a_checkpoint(caplog):
+    # warn_after=3: two degenerate calls, "restart" (a fresh RewardSet loaded from the state), one more call:
+    # the third call in a row warns. Restarting the count at 0 would need three more calls after the restart.
+    before = RewardSet({"p": Parse()}, degenerate_warn_after=3)
+    for _ in range(2):
+        before(["0", "0"], rows(2))
+    after = RewardSet({"p": Parse()}, degenerate_warn_after=3)
+    after.load_state_dict(before.state_dict())
+    with caplog.at_level(logging.WARNING, logger="vrl"):
+        after(["0", "0"], rows(2))
+    assert after.degenerate_streak == 3
+    assert sum("total reward has been" in r.getMessage() for r in caplog.records) == 1

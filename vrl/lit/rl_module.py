@@ -350,6 +350,8 @@ class RLModule(L.LightningModule):
             "prompts": self.prompts.state_dict() if self.prompts else None,
             "hooks": self.hooks.state_dict(),
             "bad_steps": self.bad_steps,
+            "empty_steps": self.empty_steps,
+            "reward": self.reward.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "python": random.getstate(),
@@ -371,6 +373,8 @@ class RLModule(L.LightningModule):
             self.prompts.load_state_dict(state["prompts"])
         self.hooks.load_state_dict(state.get("hooks", {}))
         self.bad_steps = state.get("bad_steps", 0)
+        self.empty_steps = state.get("empty_steps", 0)
+        self.reward.load_state_dict(state.get("reward", {}))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])

@@ -276,6 +276,13 @@ class RewardSet:
         )
 
     # ----------------------------------------------------------------- monitoring
+    def state_dict(self) -> dict[str, int]:
+        """Counters that change behaviour (the degenerate-reward streak decides when to warn): checkpointed."""
+        return {"degenerate_streak": self.degenerate_streak}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.degenerate_streak = int(state.get("degenerate_streak", 0))
+
     def _watch(self, total: torch.Tensor) -> None:
         if total.numel() < 2:
             return

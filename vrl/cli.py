@@ -1,0 +1,61 @@
+"""The command line before Hydra: group options that do not exist get one line, not Hydra's search-path dump.
+
+``+method=vpp`` (a typo), ``model=foo`` or ``method=vppo`` (a group that must be appended with ``+``) are the
+commonest first-hour mistakes. Hydra reports them in a multi-line message ending in "Set the environment
+variable HYDRA_FULL_ERROR=1"; here the config folder is listed (no import, milliseconds) and the message names
+the group, the bad value and the options.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from omegaconf import DictConfig, OmegaConf
+
+from vrl.errors import ConfigError
+
+
+def group_options(group: str) -> list[str] | None:
+    """Option names of a config group (``method``, ``judge``, ``model/lora`` ...), or None if it is no group."""
+    folder = files("vrl_conf").joinpath(*group.split("/"))
+    if not folder.is_dir():
+        return None
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _defaults_groups() -> set[str]:
+    primary = OmegaConf.load(files("vrl_conf") / "train.yaml")
+    names = set()
+    for entry in primary.get("defaults", []):
+        name = next(iter(entry)) if isinstance(entry, DictConfig) else str(entry)
+        names.add(name.removeprefix("override ").split("@")[0].strip())
+    return names
+
+
+def check_group_overrides(argv: list[str]) -> None:
+    """Raise ``ConfigError`` for an override that selects a group option that does not exist.
+
+    Args:
+        argv: the command line after the program name (flags such as ``--multirun`` are skipped). Sweeps
+            (``+method=grpo,dr_grpo``) and lists (``+method=[vppo,pearl]``) are checked option by option.
+    """
+    in_defaults = None
+    # presets (+method=..., experiment=...) may add groups to the defaults list: then only Hydra can tell
+    presets = any(a.startswith("+method=") or a.lstrip("+").startswith("experiment=") for a in argv)
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        plus = key.startswith("+")
+        group = key.lstrip("+~").split("@")[0]
+        options = group_options(group)
+        if options is None or not value or value == "null":
+            continue
+        if not plus and not presets and not key.startswith("~"):
+            in_defaults = _defaults_groups() if in_defaults is None else in_defaults
+            if group not in in_defaults:
+                raise ConfigError(f"{arg}: '{group}' is not in the defaults list; append it with +{arg}")
+        for choice in value.strip("[]").split(","):
+            choice = choice.strip()
+            if choice and choice not in options and not choice.startswith(("glob(", "choice(", "range(")):
+                raise ConfigError(f"{arg}: no option '{choice}' in group '{group}' (options: {', '.join(options)})")
