@@ -15,15 +15,16 @@ math       math-verify ``verify(parse(gold), parse(pred))``; numeric, then text,
 Model output is only matched with regular expressions or parsed by math-verify (which builds sympy
 objects from LaTeX and never evaluates Python); nothing is ``eval``'d.
 
-The math time limit holds in every reward-sandbox mode. An answer like ``\\boxed{9^{9^{9^{9}}}}`` makes sympy
-compute 9**387420489, one Python integer power in C that runs for minutes and that no signal interrupts (math-verify
-0.9's own ``signal.alarm`` timeouts could not stop it, work only on the main thread, and read as "unparsable",
-not as a timeout). So with ``math_timeout_s`` set, ``Accuracy`` runs math-verify (both parses and the comparison
-of one response) in a worker process of its own (:class:`vrl.rewards.sandbox.WorkerPool`, one worker, started
-on first use), from whatever thread it is called on, and kills and replaces that worker at the deadline. Past
-``math_timeout_s`` the check raises :class:`MathTimeout`, a ``TimeoutError``, which the reward sandbox counts
-under ``reward/timeouts/<term>``; the response scores ``default``. Each math response costs one round trip to
-the worker (well under a millisecond, next to math-verify's milliseconds).
+The math time limit holds on every thread, so in every reward-sandbox mode. An answer like
+``\\boxed{9^{9^{9^{9}}}}`` makes sympy compute 9**387420489 (minutes). math-verify 0.9's own timeouts
+(``signal.alarm``) work only on the main thread (elsewhere they raise), and when they fire they read as
+"unparsable", not as a timeout. So ``Accuracy`` switches them off and bounds the whole math check of one
+response (both parses and the comparison) itself: on the main thread (``isolate=none``, and inside the
+``isolate=process`` workers) with a SIGALRM deadline (:func:`vrl.rewards.sandbox.alarm_deadline`; CPython's
+integer power checks for signals, so it stops too), on any other thread (``isolate=thread``, a dataloader
+thread) in a worker process of its own that is killed at the deadline (:class:`vrl.rewards.sandbox.WorkerPool`,
+started on first use). Past ``math_timeout_s`` the check raises :class:`MathTimeout`, a ``TimeoutError``, which
+the reward sandbox counts under ``reward/timeouts/<term>``; the response scores ``default``.
 
 The preflight (:mod:`vrl.data.preflight`) checks every ground truth with :func:`gold_problem`, i.e. with the
 same parsers this reward uses, so a row whose answer cannot be scored is reported instead of trained on.
@@ -51,7 +52,7 @@ from .extract import (
     parse_yesno,
 )
 from .iou import FRAMES, box_iou, ground_truth_box, to_pixel_box
-from .sandbox import WorkerPool
+from .sandbox import WorkerPool, alarm_deadline
 
 logger = logging.getLogger("vrl")
 
@@ -136,9 +137,8 @@ class Accuracy:
             ``"norm1000"`` (see :func:`vrl.rewards.iou.to_pixel_box`). Keep it equal to any ``BoxIoU``
             term's ``frame``.
         math_timeout_s: Seconds the math check of one response (parsing both sides and comparing them) may
-            take; it runs in a worker process that is killed at the deadline (see the module docstring), and
-            the response's score is then a counted timeout. ``None`` runs math-verify in the calling thread
-            without any limit. 5 is math-verify's own default per step.
+            take, on any thread (see the module docstring); past it the response's score is a counted timeout.
+            ``None`` disables the limit. 5 is math-verify's own default per step.
         name: Key under which the reward set logs this term.
     """
 
@@ -186,7 +186,7 @@ class Accuracy:
             "math": self._math,
         }
         assert set(self._checkers) == set(ANSWER_TYPES), "every answer type needs a checker"
-        self._pool: WorkerPool | None = None  # the math worker, started on the first math check with a limit
+        self._pool: WorkerPool | None = None  # math checks from threads other than the main one
         self._pool_lock = threading.Lock()
 
     def __getstate__(self) -> dict:
@@ -280,8 +280,11 @@ class Accuracy:
         limit = self.math_timeout_s
         if limit is None:
             return math_verdict(gold_text, span)
+        if threading.current_thread() is threading.main_thread():
+            with alarm_deadline(limit, f"the math check of {span[:60]!r}", MathTimeout):
+                return math_verdict(gold_text, span)
         if multiprocessing.current_process().daemon:  # may not start processes: no way to stop a runaway check
-            _warn_once("Accuracy: math_timeout_s is not enforced in a daemonic process (e.g. a DataLoader worker)")
+            _warn_once("Accuracy: math_timeout_s cannot be enforced off the main thread of a daemonic process")
             return math_verdict(gold_text, span)
         with self._pool_lock:  # one check at a time (isolate=thread may call from several threads)
             if self._pool is None:
@@ -308,7 +311,7 @@ class MathVerdict:
 def math_verdict(gold_text: str, span: str) -> float | None:
     """math-verify's verdict on ``span`` against ``gold_text`` (1.0 or 0.0), or None when it cannot read a side.
 
-    No time limit of its own: :meth:`Accuracy._math_verdict` runs it in a worker process it can kill.
+    No time limit of its own: :meth:`Accuracy._math_verdict` bounds it.
     """
     parse, verify = _math_verify()
     gold = _math_parse(parse, gold_text)

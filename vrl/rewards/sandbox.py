@@ -15,15 +15,14 @@ Three ways to run a term, from cheapest to strongest:
     In a fresh daemon thread, joined with a timeout. It enforces a timeout only on code that gives the GIL
     back or finishes eventually (I/O, an API call, C code that releases the GIL). A timed-out thread cannot
     be killed: it is abandoned and keeps running (and, if it spins in Python, keeps taking CPU and the GIL)
-    until it returns. (``Accuracy`` bounds its math check with a worker process of its own.)
+    until it returns. (``Accuracy`` bounds its math check off the main thread with a worker process.)
 ``WorkerPool``
     A persistent pool of worker processes, each holding its own copy of the terms, fed through pipes. A
     call that passes its deadline gets its worker killed (SIGKILL) and replaced, so the timeout holds for
     anything: a C extension spinning, ``while True: pass`` holding the GIL, a sympy blow-up, a segfault
     (a worker that dies is an ``error``). Terms must be picklable (classes importable by module path, as
     every Hydra ``_target_`` is; no lambdas or closures), and state a term mutates while scoring stays in
-    the worker. Workers are not daemon processes, so that a term may start worker processes of its own
-    (``Accuracy`` does, for math-verify); every pool is closed when its process exits (:func:`close_pools`).
+    the worker. Inside a worker the term runs on the main thread, where :func:`alarm_deadline` works.
     Workers are started lazily, by ``forkserver`` by default: the fork server imports the terms' modules
     once, after which a replacement worker starts in milliseconds instead of the ~1-2 s a fresh interpreter
     needs to import torch and vrl. A worker's start-up never counts against a timeout.
@@ -31,7 +30,6 @@ Three ways to run a term, from cheapest to strongest:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import multiprocessing as mp
 import os
@@ -40,9 +38,8 @@ import signal
 import threading
 import time
 import traceback
-import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, NamedTuple
@@ -107,23 +104,38 @@ def call_in_thread(term: Callable, responses: list[str], samples: list[dict], ti
     return box[0]
 
 
-#: Pools whose workers may be running, in this process: closed at exit (:func:`close_pools`).
-_POOLS: weakref.WeakSet = weakref.WeakSet()
+class _Expired(BaseException):
+    """Raised by :func:`alarm_deadline`'s signal handler: not an ``Exception``, so that library code's
+    ``except Exception`` (sympy and math-verify have many) cannot swallow it."""
 
 
-def close_pools() -> None:
-    """Stop the workers of every pool of this process.
+@contextlib.contextmanager
+def alarm_deadline(seconds: float, what: str = "the call", error: type[Exception] = TimeoutError) -> Iterator[None]:
+    """Raise ``error`` (a ``TimeoutError`` by default) when the block runs longer than ``seconds``.
 
-    Workers are not daemon processes (so that they may start their own), and ``multiprocessing`` waits for
-    such children when a process exits: this runs first, from ``atexit`` in the main process and when a
-    worker's loop ends in a worker.
+    SIGALRM based, so main thread only (``signal.signal`` raises ``ValueError`` elsewhere). Python code is
+    interrupted between two bytecodes, as by Ctrl-C, and so is CPython's integer power, which checks for
+    signals as it multiplies (``9**387420489``, the heart of a ``9^{9^{9^{9}}}`` blow-up in sympy); C code that
+    never checks is interrupted only when it returns. After the first expiry the alarm repeats every 50 ms
+    until the block ends, so code that swallows the interruption (a bare ``except:``) is interrupted again.
+    Any other ``ITIMER_REAL`` timer is cancelled.
     """
-    for pool in list(_POOLS):
-        with contextlib.suppress(Exception):
-            pool.close()
 
+    def expire(signum: int, frame: Any) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        raise _Expired
 
-atexit.register(close_pools)  # registered after multiprocessing's own exit hook, so it runs before it
+    previous = signal.signal(signal.SIGALRM, expire)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, seconds)
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Expired:
+        raise error(f"{what} took longer than {seconds} s") from None
+    finally:
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _worker_main(conn: Connection, blob: bytes) -> None:
@@ -135,18 +147,15 @@ def _worker_main(conn: Connection, blob: bytes) -> None:
         conn.send(("boot_error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
     conn.send(("ready",))
-    try:
-        while True:
-            try:
-                task = conn.recv()
-            except (EOFError, OSError):  # the parent is gone
-                return
-            if task is None:
-                return
-            name, responses, samples = task
-            conn.send(("done", call_contained(terms[name], responses, samples)))
-    finally:
-        close_pools()  # pools a term started here (atexit does not run in a multiprocessing child)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if task is None:
+            return
+        name, responses, samples = task
+        conn.send(("done", call_contained(terms[name], responses, samples)))
 
 
 class _Worker:
@@ -154,7 +163,7 @@ class _Worker:
 
     def __init__(self, ctx: Any, blob: bytes) -> None:
         self.conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child_conn, blob), name="vrl-reward-worker", daemon=False)
+        self.process = ctx.Process(target=_worker_main, args=(child_conn, blob), name="vrl-reward-worker", daemon=True)
         self.process.start()
         child_conn.close()  # keep only the child's copy, so that its death reads as EOF here
         self.ready = False
@@ -214,7 +223,6 @@ class WorkerPool:
                 ctx.set_forkserver_preload(self._modules)
             self._ctx = ctx
             self._workers = [_Worker(ctx, self._blob) for _ in range(self.size)]
-            _POOLS.add(self)
         for i, worker in enumerate(self._workers):  # e.g. killed by the OOM killer while idle
             if not worker.process.is_alive():
                 self._replace(i)
