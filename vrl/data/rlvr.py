@@ -234,22 +234,18 @@ def _load_file(
     )
 
 
+@dataclass
 class _RowMapper:
     """Batched ``datasets.map`` function: source columns of one file -> the schema fields (picklable)."""
 
-    def __init__(
-        self,
-        columns: _Columns,
-        root: Path,
-        file: str,
-        label: str,
-        split: str | None,
-        inputs: list,
-        sources: dict,
-        scan: JsonScan,
-    ) -> None:
-        self.columns, self.root, self.file, self.label, self.split = columns, root, file, label, split
-        self.inputs, self.sources, self.scan = inputs, sources, scan
+    columns: _Columns
+    root: Path
+    file: str
+    label: str  # the file as uids name it
+    split: str | None
+    inputs: list  # the source columns the map passes, in this order
+    sources: dict  # schema field -> source column, recorded in meta
+    scan: JsonScan  # where each row came from (line) and which rows did not parse
 
     def __call__(self, *args: Any) -> dict[str, list]:
         *values, indices = args
