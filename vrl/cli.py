@@ -23,13 +23,14 @@ def group_options(group: str) -> list[str] | None:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _defaults_groups() -> set[str]:
+def primary_keys() -> tuple[set[str], set[str]]:
+    """``conf/train.yaml``'s own keys and the groups of its defaults list (read from the file, no compose)."""
     primary = OmegaConf.load(files("vrl_conf") / "train.yaml")
-    names = set()
+    groups = set()
     for entry in primary.get("defaults", []):
         name = next(iter(entry)) if isinstance(entry, DictConfig) else str(entry)
-        names.add(name.removeprefix("override ").split("@")[0].strip())
-    return names
+        groups.add(name.removeprefix("override ").split("@")[0].split("/")[0].strip())
+    return set(primary.keys()) - {"defaults"}, groups - {"_self_"}
 
 
 def check_group_overrides(argv: list[str]) -> None:
@@ -52,7 +53,7 @@ def check_group_overrides(argv: list[str]) -> None:
         if options is None or not value or value == "null":
             continue
         if not plus and not presets and not key.startswith("~"):
-            in_defaults = _defaults_groups() if in_defaults is None else in_defaults
+            in_defaults = primary_keys()[1] if in_defaults is None else in_defaults
             if group not in in_defaults:
                 raise ConfigError(f"{arg}: '{group}' is not in the defaults list; append it with +{arg}")
         for choice in value.strip("[]").split(","):

@@ -105,15 +105,11 @@ PLAIN_BLOCKS = {
 
 
 def _top_level_names() -> set[str]:
-    """Keys ``conf/train.yaml`` may hold: its own keys and its defaults-list groups (read from the file)."""
-    from importlib.resources import files
+    """Keys ``conf/train.yaml`` may hold: its own keys and its defaults-list groups."""
+    from vrl.cli import primary_keys
 
-    primary = OmegaConf.load(files("vrl_conf") / "train.yaml")
-    groups = set()
-    for entry in primary.get("defaults", []):
-        name = next(iter(entry)) if isinstance(entry, DictConfig) else str(entry)
-        groups.add(name.split("@")[0].split("/")[0].removeprefix("override ").strip())
-    return {*primary.keys(), *groups, *TOP_LEVEL} - {"defaults", "_self_"}
+    own, groups = primary_keys()
+    return {*own, *groups, *TOP_LEVEL}
 
 
 def _check_top_level(tree: dict) -> None:
