@@ -6,7 +6,8 @@ the loss contribution, two gradient coefficients and the row's lse / entropy. Ba
 token re-reads the row, recomputes p = softmax(x / T) from the saved lse and writes dlogits; no fp32
 [N, V] softmax is ever stored.
 
-Per token t (w = normalisation weight, m = loss mask; the caller divides by the normaliser):
+Per token t (w = normalisation weight, m = loss mask; the caller divides by the normaliser; pg and kl use the
+clamped log-ratios of `grpo_loss.py`, with zero derivative where a clamp is active):
     loss_t = w * (m * pg + beta * kl - ent_coef * H - nll_coef * logp)
     g_t    = d loss_t / d logp      (the sampled-token path)
     c_t    = ent_coef * w           (the entropy path)
@@ -27,15 +28,22 @@ __all__ = ["INTERPRETED", "LOG2E", "grpo_bwd_kernel", "grpo_fwd_kernel"]
 
 
 @triton.jit
-def _policy_terms(logp, old, adv, eps_low, eps_high, dual_clip, HAS_DUAL: tl.constexpr):
+def _clamp_active(x, bound):
+    """clamp(x, -bound, bound) and whether the gradient passes (torch.clamp: the bounds themselves pass)."""
+    return tl.minimum(tl.maximum(x, -bound), bound), (x >= -bound) & (x <= bound)
+
+
+@triton.jit
+def _policy_terms(logp, old, adv, eps_low, eps_high, dual_clip, log_ratio_clamp, HAS_DUAL: tl.constexpr):
     """Clipped surrogate pg, its derivative d pg / d logp, and the two clip indicators (as 0/1 floats)."""
-    ratio = tl.exp(logp - old)
+    log_ratio, inside = _clamp_active(logp - old, log_ratio_clamp)
+    ratio = tl.exp(log_ratio)
     clipped = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high)
     pg1 = -adv * ratio
     pg2 = -adv * clipped
     ppo_clip = pg2 > pg1
     pg = tl.where(ppo_clip, pg2, pg1)
-    dpg = tl.where(ppo_clip, 0.0, pg1)  # d(-A r)/d logp = -A r
+    dpg = tl.where(ppo_clip | (inside == 0), 0.0, pg1)  # d(-A r)/d logp = -A r inside the log-ratio clamp
     dual_f = 0.0 * pg
     if HAS_DUAL:
         pg3 = -dual_clip * adv
@@ -71,6 +79,8 @@ def grpo_fwd_kernel(
     eps_low,
     eps_high,
     dual_clip,
+    log_ratio_clamp,
+    kl_clamp,
     beta,
     ent_coef,
     nll_coef,
@@ -95,13 +105,13 @@ def grpo_fwd_kernel(
     old = tl.load(OLD + row).to(tl.float32)
     adv = tl.load(ADV + row).to(tl.float32)
     lmask = tl.load(LOSS_MASK + row).to(tl.float32)
-    pg, dpg, ppo_clip, dual = _policy_terms(logp, old, adv, eps_low, eps_high, dual_clip, HAS_DUAL)
+    pg, dpg, ppo_clip, dual = _policy_terms(logp, old, adv, eps_low, eps_high, dual_clip, log_ratio_clamp, HAS_DUAL)
     kl = 0.0 * logp
     dkl = 0.0 * logp
     if HAS_REF:
-        delta = tl.load(REF + row).to(tl.float32) - logp
-        kl = tl.exp(delta) - delta - 1.0
-        dkl = 1.0 - tl.exp(delta)
+        delta, d_in = _clamp_active(tl.load(REF + row).to(tl.float32) - logp, log_ratio_clamp)
+        kl, kl_in = _clamp_active(tl.exp(delta) - delta - 1.0, kl_clamp)
+        dkl = tl.where(d_in & kl_in, 1.0 - tl.exp(delta), 0.0)  # d kl / d logp = -(e^delta - 1) inside both
     loss = w * (lmask * pg + beta * kl - ent_coef * ent - nll_coef * logp)
     g = w * (lmask * dpg + beta * dkl - nll_coef)
     tl.store(OUT_LOSS + row, tl.where(active, loss, 0.0))

@@ -6,11 +6,15 @@ per-token input (target ids, old/ref log-probs, loss_mask, token_weights) is sha
 
 Loss (w = token_weights, m = loss_mask, Z = normalizer, p = softmax(logits / T), y = target id):
 
-    r_t   = exp(log p_t(y) - old_t)
+    r_t   = exp(clamp(log p_t(y) - old_t, -20, 20))
     pg_t  = max(-A_t r_t, -A_t clip(r_t, 1 - eps_low, 1 + eps_high));  for A_t < 0 and dual_clip c:
             pg_t = min(pg_t, -c A_t)                           (A_t = advantage_t * advantage_scale_t)
-    kl_t  = exp(ref_t - log p_t(y)) - (ref_t - log p_t(y)) - 1    (k3 estimator, unclamped)
+    d_t   = clamp(ref_t - log p_t(y), -20, 20)
+    kl_t  = clamp(exp(d_t) - d_t - 1, -kl_clamp, kl_clamp)       (k3 estimator; kl_clamp None = no clamp)
     loss  = (1 / Z) sum_t w_t (m_t pg_t + beta kl_t - entropy_coef H_t - nll_coef log p_t(y))
+
+The clamps are verl's / EasyR1's (`vrl.methods.policy_loss`, `vrl.methods.kl`): a clamped quantity is
+constant beyond its bound, so its gradient there is zero (torch.clamp's rule: the bounds themselves pass it).
 
 `loss_mask` says which tokens carry the policy-gradient term (e.g. VPPO's top-k mask); `token_weights`
 and `Z` carry the aggregation, so the mask never changes the normalisation (VPPO normalises its masked
@@ -33,6 +37,9 @@ import torch
 from ._dispatch import flat_rows, load_kernels, resolve_impl, row_layout, vocab_block
 
 Stats = dict[str, torch.Tensor]
+#: |log-ratio| bound of the PPO ratio and of k3's log-ratio (verl / EasyR1; kept equal to
+#: `vrl.methods.policy_loss.LOG_RATIO_CLAMP`, which vrl_kernels does not import).
+LOG_RATIO_CLAMP = 20.0
 
 
 def _token_values(t: torch.Tensor | None, logits: torch.Tensor, name: str) -> torch.Tensor | None:
@@ -74,11 +81,13 @@ def loss_stats(weights, loss_mask, clipped, dual_clipped, kl, entropy) -> Stats:
     }
 
 
-def _check_args(beta, ref_logprobs, dual_clip, temperature, eps_low, eps_high) -> None:
+def _check_args(beta, ref_logprobs, dual_clip, temperature, eps_low, eps_high, kl_clamp=None) -> None:
     if beta != 0.0 and ref_logprobs is None:
         raise ValueError("beta != 0 needs ref_logprobs")
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
+    if kl_clamp is not None and kl_clamp <= 0:
+        raise ValueError(f"kl_clamp must be > 0 (or None), got {kl_clamp}")
     if temperature <= 0 or eps_low < 0 or eps_high < 0:
         raise ValueError("temperature must be > 0 and eps_low, eps_high >= 0")
 
@@ -100,6 +109,7 @@ def masked_grpo_loss_reference(
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     dual_clip: float | None = None,
+    kl_clamp: float | None = 10.0,
     temperature: float = 1.0,
     compute_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, Stats]:
@@ -107,7 +117,7 @@ def masked_grpo_loss_reference(
 
     `compute_dtype` defaults to fp32 (fp64 for fp64 logits); tests pass bf16 to measure plain bf16's error.
     """
-    _check_args(beta, ref_logprobs, dual_clip, temperature, eps_low, eps_high)
+    _check_args(beta, ref_logprobs, dual_clip, temperature, eps_low, eps_high, kl_clamp)
     cd = compute_dtype or (torch.float64 if logits.dtype == torch.float64 else torch.float32)
     w = token_weights.to(cd)
     m = loss_mask.to(cd)
@@ -116,7 +126,7 @@ def masked_grpo_loss_reference(
     logp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     adv = _token_advantages(logits, advantages, advantage_scale).to(cd)
-    ratio = torch.exp(logp - old_logprobs.to(cd))
+    ratio = torch.exp((logp - old_logprobs.to(cd)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     pg1 = -adv * ratio
     pg2 = -adv * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
     clipped = pg2 > pg1
@@ -128,8 +138,10 @@ def masked_grpo_loss_reference(
         pg = torch.where(dual, pg3, pg)
     kl = torch.zeros_like(logp)
     if ref_logprobs is not None:
-        delta = ref_logprobs.to(cd) - logp
+        delta = (ref_logprobs.to(cd) - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         kl = torch.exp(delta) - delta - 1.0
+        if kl_clamp is not None:
+            kl = kl.clamp(-kl_clamp, kl_clamp)
     per_token = w * (m * pg + beta * kl - entropy_coef * entropy - nll_coef * logp)
     loss = per_token.sum() / normalizer
     return loss, loss_stats(w, m, clipped, dual, kl, entropy)
@@ -150,8 +162,8 @@ class _GrpoLossFunction(torch.autograd.Function):
             kern.grpo_fwd_kernel[(n_rows,)](
                 x, ids, old, adv, lmask, weight, ref, *outs,
                 n_cols, l_inner, s_outer, s_inner, kern.LOG2E / params["temperature"],
-                params["eps_low"], params["eps_high"], params["dual_clip"] or 0.0,
-                params["beta"], params["entropy_coef"], params["nll_coef"],
+                params["eps_low"], params["eps_high"], params["dual_clip"] or 0.0, LOG_RATIO_CLAMP,
+                params["kl_clamp"], params["beta"], params["entropy_coef"], params["nll_coef"],
                 HAS_REF=ref is not None, HAS_DUAL=params["dual_clip"] is not None,
                 BLOCK_V=block, num_warps=warps,
             )  # fmt: skip
@@ -196,6 +208,7 @@ def masked_grpo_loss_triton(
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     dual_clip: float | None = None,
+    kl_clamp: float | None = 10.0,
     temperature: float = 1.0,
     block_v: int | None = None,
 ) -> tuple[torch.Tensor, Stats]:
@@ -204,7 +217,7 @@ def masked_grpo_loss_triton(
     Rows with token_weights == 0 (padding) are neither read nor given gradient work (their dlogits
     rows are written as zeros). `block_v` overrides the vocabulary tile (tests).
     """
-    _check_args(beta, ref_logprobs, dual_clip, temperature, eps_low, eps_high)
+    _check_args(beta, ref_logprobs, dual_clip, temperature, eps_low, eps_high, kl_clamp)
     n = target_ids.numel()
     if tuple(target_ids.shape) != tuple(logits.shape[:-1]):
         raise ValueError(f"target_ids {tuple(target_ids.shape)} must equal logits.shape[:-1]")
@@ -218,6 +231,7 @@ def masked_grpo_loss_triton(
     params = dict(
         temperature=float(temperature), eps_low=float(eps_low), eps_high=float(eps_high),
         dual_clip=None if dual_clip is None else float(dual_clip), beta=float(beta),
+        kl_clamp=float("inf") if kl_clamp is None else float(kl_clamp),
         entropy_coef=float(entropy_coef), nll_coef=float(nll_coef), block_v=block_v,
     )  # fmt: skip
     ids = flat_rows(target_ids, n, "target_ids")
@@ -242,6 +256,7 @@ def masked_grpo_loss(
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     dual_clip: float | None = None,
+    kl_clamp: float | None = 10.0,
     temperature: float = 1.0,
     impl: str = "auto",
 ) -> tuple[torch.Tensor, Stats]:
@@ -261,6 +276,7 @@ def masked_grpo_loss(
         beta, entropy_coef, nll_coef: coefficients (signs in the module docstring).
         eps_low, eps_high: ratio clip range [1 - eps_low, 1 + eps_high].
         dual_clip: c > 1 for the dual clip on negative advantages, or None.
+        kl_clamp: bound of the k3 estimate (10, as verl / EasyR1 ``low_var_kl``), or None for no clamp.
         temperature: logits are divided by T.
         impl: "auto" (Triton on CUDA, else reference), "triton" or "torch".
 
@@ -270,7 +286,8 @@ def masked_grpo_loss(
     """
     kwargs = dict(
         advantage_scale=advantage_scale, ref_logprobs=ref_logprobs, beta=beta, entropy_coef=entropy_coef,
-        nll_coef=nll_coef, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, temperature=temperature,
+        nll_coef=nll_coef, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, kl_clamp=kl_clamp,
+        temperature=temperature,
     )  # fmt: skip
     args = (logits, target_ids, old_logprobs, advantages, loss_mask, token_weights, normalizer)
     if resolve_impl(impl, logits) == "triton":

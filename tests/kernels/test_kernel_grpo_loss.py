@@ -181,6 +181,39 @@ def test_k3_kl_term_hand_value(device):
         assert stats["kl"].item() == pytest.approx(1 - math.log(2.0), abs=1e-6), impl
 
 
+@pytest.mark.parametrize("s", [30.0, 50.0])
+def test_torch_objective_and_fused_agree_beyond_the_clamps(device, s):
+    # Rows A = (1, -1, 0); token 0 has log r = s and ref = log p + s, token 1 log r = 0.1 and ref = log p.
+    # token 0 (log r clamped to 20): A = 1 -> -1.28 (clip-higher); A = -1 -> e^20 = 485165195.4; A = 0 -> 0;
+    #   k3: d = s clamped to 20, e^20 - 21 clamped to 10; every term there has zero gradient.
+    # token 1: -A e^0.1 = -1.105171, 1.105171, 0; k3 = 0.
+    # beta = 0.1, Z = 6: loss = (-1.28 + 485165195.4 + 0 + 0 + 3 * 0.1 * 10) / 6 = 80860866.0
+    from vrl.methods.kl import kl_estimate
+    from vrl.methods.policy_loss import ppo_clip
+
+    logits = torch.randn(3, 2, 7, device=device)
+    ids = torch.randint(0, 7, (3, 2), device=device)
+    logp = vocab_stats_reference(logits, ids).logprob
+    old = logp - torch.tensor([s, 0.1], device=device)
+    ref = logp + torch.tensor([s, 0.0], device=device)
+    adv, ones = torch.tensor([1.0, -1.0, 0.0], device=device), torch.ones(3, 2, device=device)
+
+    x = logits.clone().requires_grad_(True)  # the torch path: vrl.methods' pure functions
+    lp = torch.log_softmax(x, -1).gather(-1, ids[..., None]).squeeze(-1)
+    pg, _ = ppo_clip(lp, old, adv, 0.2, 0.28)
+    torch_loss = (pg + 0.1 * kl_estimate(lp, ref, "k3")).sum() / 6.0
+    torch_loss.backward()
+    torch.testing.assert_close(torch_loss.detach(), torch.tensor(80860866.0, device=device))
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for impl in ("torch", "triton"):
+        loss, grad, _ = _run(masked_grpo_loss, {"logits": logits, "target_ids": ids, "old_logprobs": old,
+                                               "advantages": adv, "loss_mask": ones, "token_weights": ones,
+                                               "normalizer": 6.0}, ref_logprobs=ref, beta=0.1,
+                             eps_low=0.2, eps_high=0.28, impl=impl)  # fmt: skip
+        torch.testing.assert_close(loss.float(), torch_loss.detach(), msg=impl)
+        torch.testing.assert_close(grad.float(), x.grad, msg=impl)
+
+
 def test_seq_mean_token_mean_is_expressible(device):
     # w = response_mask / L_valid, Z = number of sequences -> mean_i (mean_t over valid tokens of loss_t).
     batch = _batch(device, dtype=torch.float32, ratio_noise=0.0)

@@ -18,6 +18,23 @@ def test_k3_nonnegative_and_zero_at_equality():
     assert torch.count_nonzero(kl_estimate(lp, lp, "k3")) == 0
 
 
+def test_k3_clamped_to_10_as_verl_low_var_kl_and_knob_turns_it_off():
+    # verl kl_penalty_forward / EasyR1 compute_kl "low_var_kl": d = clamp(ref - logp, -20, 20), k3 clamped to [-10, 10].
+    # d = 3: e^3 - 3 - 1 = 16.085537 -> 10 (gradient 0); d = 2: e^2 - 3 = 4.389056 (gradient -(e^2 - 1) = -6.389056);
+    # d = -30: clamped to -20: e^-20 + 20 - 1 = 19.0 -> 10 (gradient 0).
+    lp = torch.tensor([[-3.0, -2.0, 30.0]], requires_grad=True)
+    ref = torch.zeros(1, 3)
+    k3 = KLPenalty(coef=0.1)(lp, ref)
+    k3.sum().backward()
+    torch.testing.assert_close(k3, torch.tensor([[10.0, 4.389056, 10.0]]))
+    torch.testing.assert_close(lp.grad, torch.tensor([[0.0, -6.389056, 0.0]]))
+    # k3_clamp=None (TRL): d = 3 -> 16.085537, d = -30 -> clamp(-20): 19.0 (the exp-overflow guard stays)
+    raw = KLPenalty(coef=0.1, k3_clamp=None)(lp.detach(), ref)
+    torch.testing.assert_close(raw, torch.tensor([[16.085537, 4.389056, 19.0]]))
+
+
 def test_negative_coef_rejected():
     with pytest.raises(ValueError, match="kl.coef"):
         KLPenalty(coef=-1.0)
+    with pytest.raises(ValueError, match="kl.k3_clamp"):
+        KLPenalty(k3_clamp=0.0)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vrl.methods.loss_agg import MODES, LossAgg
+from vrl.methods.loss_agg import MODES, LossAgg, positive
 from vrl.methods.policy_loss import ppo_clip
 
 
@@ -54,6 +54,31 @@ def test_micro_batches_give_the_same_gradient_as_one_batch(mode):
     torch.testing.assert_close(micro, whole)
     torch.testing.assert_close(uneven, whole)
     assert whole.abs().sum() > 0
+
+
+def test_token_mean_under_ddp_counts_a_rank_without_tokens_as_zero():
+    # Two ranks; rank 0 has tokens with losses 1, 2, 3, rank 1 has none (all masked). The loop averages each
+    # rank's normaliser over ranks and DDP averages gradients, so the step loss is mean_r(S_r / mean_r(N_r)).
+    # Right: N = (3, 0) -> mean 1.5 -> (6 / 1.5 + 0 / 1.5) / 2 = 2.0 = 6 / 3, the global token mean.
+    # Per-rank clamp(min=1) (before): N = (3, 1) -> mean 2 -> (6 / 2 + 0) / 2 = 1.5.
+    agg = LossAgg("token_mean")
+    per_token = [torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[5.0, 5.0, 5.0]])]
+    masks = [torch.ones(1, 3), torch.zeros(1, 3)]
+    local = [agg.normalizer(m) for m in masks]
+    torch.testing.assert_close(torch.stack(local), torch.tensor([3.0, 0.0]))
+    world = torch.stack(local).mean()  # what strategy.reduce(normalizer, "mean") returns on every rank
+    step = sum(agg(p, m, world) for p, m in zip(per_token, masks, strict=True)) / 2
+    torch.testing.assert_close(step, torch.tensor(2.0))
+
+
+def test_no_token_on_any_rank_gives_zero_loss_not_nan():
+    # global count 0 -> positive() divides by 1; the numerator is 0 (every token masked) -> loss 0
+    agg = LossAgg("token_mean")
+    mask = torch.zeros(2, 3)
+    norm = agg.normalizer(mask)
+    assert norm == 0
+    torch.testing.assert_close(agg(torch.full((2, 3), 7.0), mask, norm), torch.tensor(0.0))
+    torch.testing.assert_close(positive(torch.tensor([0.0, 4.0])), torch.tensor([1.0, 4.0]))
 
 
 def test_unknown_mode_names_the_key():

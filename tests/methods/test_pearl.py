@@ -123,8 +123,8 @@ def test_objective_normaliser_has_one_entry_per_branch():
     r = attach_branch(_rollout(2, [0, 0], {}), _rollout(1, [0], {}), pad_id=0)
     r.response_mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     norm = Objective(PolicyLoss(), LossAgg("token_mean")).normalizer(r)
-    # main tokens 2 + 1 = 3, probe tokens 2, empty branches clamp to 1
-    assert norm.tolist() == [3.0, 2.0] + [1.0] * (MAX_BRANCHES - 2)
+    # main tokens 2 + 1 = 3, probe tokens 2, empty branches 0 (clamped only after the DDP reduction)
+    assert norm.tolist() == [3.0, 2.0] + [0.0] * (MAX_BRANCHES - 2)
 
 
 def test_invalid_knobs_name_the_key():

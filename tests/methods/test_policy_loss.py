@@ -27,6 +27,36 @@ def test_dual_clip_caps_negative_advantage_loss():
     torch.testing.assert_close(dual, torch.tensor([[3.0]]))
 
 
+def test_log_ratio_clamped_at_20_as_verl_and_easyr1():
+    # verl compute_policy_loss / EasyR1 compute_policy_loss: r = exp(clamp(log r, -20, 20)).
+    # log r = 100, A = 0 (all-equal group): unclamped -0 * exp(100) = -0 * inf = NaN; clamped -0 * e^20 = 0.
+    # log r = 30, A = -1: loss = max(e^20, 0.8) = e^20 = 485165195.4 (not e^30), gradient 0 (clamp active).
+    # log r = -30, A = 1: r = e^-20 = 2.06e-9 < 0.8 -> loss = max(-2.06e-9, -0.8) = -2.06e-9, gradient 0.
+    lp = torch.tensor([[100.0, 30.0, -30.0]], requires_grad=True)
+    adv = torch.tensor([[0.0, -1.0, 1.0]])
+    loss, _ = ppo_clip(lp, torch.zeros(1, 3), adv, 0.2, 0.28)
+    loss.sum().backward()
+    torch.testing.assert_close(loss, torch.tensor([[0.0, 485165195.4, -2.0611536e-9]]))
+    torch.testing.assert_close(lp.grad, torch.zeros(1, 3))
+    # inside the bound nothing changes: log r = 19.5, A = -1 -> loss = e^19.5 = 294267566.0, gradient e^19.5
+    lp = torch.tensor([[19.5]], requires_grad=True)
+    loss, _ = ppo_clip(lp, torch.zeros(1, 1), torch.tensor([-1.0]))
+    loss.sum().backward()
+    torch.testing.assert_close(loss, torch.tensor([[294267566.0]]))
+    torch.testing.assert_close(lp.grad, torch.tensor([[294267566.0]]))
+
+
+def test_gspo_sequence_log_ratio_capped_at_10_as_verl():
+    # verl compute_policy_loss_gspo: log s = min(sg[mean log r] + lp - sg[lp], 10).
+    # tokens log-ratio [12, 12] -> mean 12 > 10 -> s = e^10 = 22026.466 (not e^12 = 162754.79);
+    # A = -1: loss = max(s, 1.0004) = 22026.466 per token, gradient 0 (cap active).
+    lp = torch.tensor([[12.0, 12.0]], requires_grad=True)
+    loss, _ = gspo(lp, torch.zeros(1, 2), torch.tensor([-1.0]), torch.ones(1, 2))
+    (loss.sum()).backward()
+    torch.testing.assert_close(loss, torch.full((1, 2), 22026.466))
+    torch.testing.assert_close(lp.grad, torch.zeros(1, 2))
+
+
 def test_on_policy_gradient_is_reinforce():
     # ratio = 1 inside the clip range: d(-A r)/d logp = -A r = -A
     lp = torch.tensor([[0.3, -1.0], [0.1, 0.2]], requires_grad=True)

@@ -8,7 +8,7 @@ import torch
 
 from vrl.lit.logprobs import response_logits, response_targets, token_stats
 from vrl.methods.kl import KLPenalty
-from vrl.methods.loss_agg import LossAgg
+from vrl.methods.loss_agg import LossAgg, positive
 from vrl.methods.policy_loss import PolicyLoss
 from vrl.types import Rollout
 
@@ -61,6 +61,8 @@ class Objective:
         """The mini-batch loss denominator: a scalar, or [MAX_BRANCHES] (one per branch) when auxiliary
         branches are attached, so that each branch is averaged on its own: PEARL's
         L = L_main / T_main + lambda * L_probe / T_probe rather than one average over both branches' tokens.
+        A token count is this rank's and may be 0; it is clamped only after the DDP reduction, at division
+        (``vrl.methods.loss_agg.positive``).
         """
         norm_mask = mini.norm_mask if mini.norm_mask is not None else mini.response_mask
         if mini.branch is None:
@@ -125,6 +127,7 @@ class Objective:
                 "kernels.impl: the fused loss applies KL/entropy/nll terms to every row, but auxiliary rollout "
                 "branches (PEARL probes) carry the policy-gradient term only: use kernels=torch with this stack"
             )
+        normalizer = positive(normalizer)  # the guard of LossAgg.__call__: 0 tokens anywhere -> loss 0
         if normalizer.dim():  # per-sequence denominators (rollout branches) folded into the token weights
             weights, normalizer = weights / normalizer[:, None], torch.ones((), device=normalizer.device)
         old = micro.old_logprobs
@@ -136,7 +139,8 @@ class Objective:
             ref_logprobs=micro.ref_logprobs if use_kl else None, beta=self.kl.coef if use_kl else 0.0,
             entropy_coef=self.entropy_coef, nll_coef=self.nll_coef,
             eps_low=self.policy_loss.eps_low, eps_high=self.policy_loss.eps_high,
-            dual_clip=self.policy_loss.dual_clip, impl=self.kernel_impl,
+            dual_clip=self.policy_loss.dual_clip, kl_clamp=self.kl.k3_clamp if use_kl else None,
+            impl=self.kernel_impl,
         )  # fmt: skip
         tokens, kept = mask.sum(), (loss_mask * mask).sum()
         stats = {"clipped_sum": st["clip_frac"] * kept, "kept_tokens": kept, "tokens": tokens}

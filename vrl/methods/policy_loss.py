@@ -2,6 +2,13 @@
 
 Every function returns the per-token loss [n, L] (un-aggregated; ``loss_agg`` reduces it) and detached
 per-token indicators for statistics. Advantages come as [n] and are broadcast over tokens.
+
+Both objectives clamp the log-ratio before ``exp``, as verl (``verl/trainer/ppo/core_algos.py``) and EasyR1
+(``verl/trainer/core_algos.py``) do: the token log-ratio to [-20, 20] (``LOG_RATIO_CLAMP``), GSPO's sequence
+log-ratio to at most 10 (``GSPO_LOG_RATIO_MAX``, verl's ``compute_policy_loss_gspo``). Inside those bounds
+nothing changes; beyond them the ratio is constant (zero gradient) instead of growing to inf, where
+-A * inf with A = 0 (an all-equal group) made the loss NaN. ``vrl_kernels.masked_grpo_loss`` applies the same
+clamp.
 """
 
 from __future__ import annotations
@@ -9,6 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+#: |log r| bound of the token ratio (verl / EasyR1 ``compute_policy_loss``; e^20 = 4.85e8).
+LOG_RATIO_CLAMP = 20.0
+#: upper bound of GSPO's sequence log-ratio (verl ``compute_policy_loss_gspo``; e^10 = 22026).
+GSPO_LOG_RATIO_MAX = 10.0
 
 
 def ppo_clip(
@@ -23,7 +35,7 @@ def ppo_clip(
 
     loss_t = max(-A r_t, -A clip(r_t, 1 - eps_low, 1 + eps_high)); with ``dual_clip`` = c and A < 0 the
     loss is further capped at -c A (Ye et al., arXiv 1912.09729), so a huge ratio on a bad token cannot
-    dominate the batch.
+    dominate the batch. r_t = exp(clamp(logp - old_logp, -20, 20)) (module docstring).
 
     Args:
         logprobs: [n, L] current policy log-probs (carries the gradient).
@@ -37,7 +49,7 @@ def ppo_clip(
         per-token loss [n, L] and ``{"clipped": [n, L] bool}`` (the clipped branch was active).
     """
     adv = advantages if advantages.dim() == 2 else advantages[:, None]
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
     loss = torch.maximum(unclipped, clipped)
@@ -59,13 +71,15 @@ def gspo(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO (Zheng et al., arXiv 2507.18071): one length-normalised sequence ratio per response.
 
-    s_i = exp(mean_t (logp - old_logp)), computed token-wise as sg[s_i] * exp(logp_t - sg[logp_t]) so the
-    value is the sequence ratio while the gradient is spread evenly over the sequence's tokens.
+    s_i = exp(mean_t (logp - old_logp)), computed token-wise as exp(min(sg[log s_i] + logp_t - sg[logp_t],
+    10)) so the value is the sequence ratio (capped at e^10, as verl) while the gradient is spread evenly over
+    the sequence's tokens.
     """
     adv = advantages if advantages.dim() == 1 else advantages[:, 0]
     mask = response_mask.to(logprobs.dtype)
     log_ratio = ((logprobs - old_logprobs) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    seq_ratio = torch.exp(log_ratio.detach())[:, None] * torch.exp(logprobs - logprobs.detach())
+    log_seq = (log_ratio.detach()[:, None] + logprobs - logprobs.detach()).clamp(max=GSPO_LOG_RATIO_MAX)
+    seq_ratio = torch.exp(log_seq)
     unclipped = -adv[:, None] * seq_ratio
     clipped = -adv[:, None] * torch.clamp(seq_ratio, 1.0 - eps_low, 1.0 + eps_high)
     loss = torch.maximum(unclipped, clipped)
