@@ -1,16 +1,17 @@
 """What a run prints: its parameter count at start, a periodic line of the main metrics, a summary at the end.
 
-Everything goes through ``LightningModule.print`` (rank zero only, above the progress bar), so the lines read
-the same in a terminal and in a batch job's log file, where the progress bar is usually switched off
+Lines are written on rank zero through ``tqdm.write``, above the progress bar when there is one (Lightning's
+``LightningModule.print`` drops text while no bar is active, e.g. when fitting starts), so they read the same in a
+terminal and in a batch job's log file, where the bar is usually switched off
 (``trainer.enable_progress_bar=false``)::
 
-    [vrl] parameters: 0.25 M trainable of 0.25 M total (100%)
-    [vrl] step 50/250 | reward 0.62 | acc 0.62 | loss -0.0131 | len 1 | 0.31 s/step | val/acc 0.52 | 0:18 elapsed
+    [vrl] parameters: 213 K trainable of 213 K total (100%)
+    [vrl] step 210/250 | reward 0.812 | acc 0.812 | grad ... | len 1 | 1.32 s/step | val/acc 0.656 | 5:40 elapsed
 
 The summary (:func:`run_summary`) says how many steps ran and how long they took, the last validation, where
 the run directory, the policy and the MLflow run went, and how to look at them. A run that stopped before
-``trainer.max_steps`` (a time limit, a signal) is reported as such, and ``python -m vrl`` then exits with
-:data:`EXIT_STOPPED`.
+``trainer.max_steps`` without a signal (``trainer.max_time``, a callback) is reported as such, and
+``python -m vrl`` then exits with :data:`EXIT_STOPPED` (a stop signal exits earlier, with 128 + its number).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ EXIT_STOPPED = 3
 DEFAULT_METRICS = {
     "rollout/reward_mean": "reward",
     "rollout/accuracy": "acc",
-    "train/loss": "loss",
     "policy/kl_ref": "kl",
+    "train/grad_norm": "grad",
     "rollout/response_len_mean": "len",
     "rollout/kept_group_frac": "kept",
     "perf/step_time_s": "s/step",
@@ -46,8 +47,8 @@ class ConsoleLog(Callback):
     Args:
         every_n_steps: optimizer steps between two metrics lines (``trainer.global_step``); 0 = never.
         metrics: ``metric key -> label``, printed in this order with their last logged values; None uses
-            :data:`DEFAULT_METRICS` (reward, accuracy, loss, KL, response length, kept groups, step time,
-            validation accuracy).
+            :data:`DEFAULT_METRICS` (reward, accuracy, KL, gradient norm, response length, kept groups, step
+            time, validation accuracy; not the loss, which on-policy GRPO keeps near 0 by construction).
     """
 
     def __init__(self, every_n_steps: int = 10, metrics: Mapping[str, str] | None = None) -> None:
@@ -65,7 +66,7 @@ class ConsoleLog(Callback):
         self._next = (trainer.global_step // self.every_n_steps + 1) * self.every_n_steps if self.every_n_steps else 0
         lora = getattr(pl_module.policy, "peft_config", None)
         rank = next(iter(lora.values())).r if lora else None
-        pl_module.print(parameter_line(*count_parameters(pl_module.policy), lora_rank=rank))
+        _say(trainer, parameter_line(*count_parameters(pl_module.policy), lora_rank=rank))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
@@ -73,7 +74,7 @@ class ConsoleLog(Callback):
             return
         self._next = (step // self.every_n_steps + 1) * self.every_n_steps
         elapsed = time.monotonic() - self.started if self.started is not None else None
-        pl_module.print(metrics_line(step, trainer.max_steps, trainer.callback_metrics, self.metrics, elapsed))
+        _say(trainer, metrics_line(step, trainer.max_steps, trainer.callback_metrics, self.metrics, elapsed))
 
     def elapsed(self) -> float | None:
         """Seconds since fitting started, or None before."""
@@ -186,6 +187,14 @@ def run_summary(
         lines.append(f"[vrl] MLflow run {logger.run_id} in {uri}")
         lines.append(f"[vrl] view it with: {view}")
     return RunSummary(lines, stopped)
+
+
+def _say(trainer: Any, text: str) -> None:
+    """Print on rank zero, above any active tqdm progress bar."""
+    if trainer.is_global_zero:
+        from tqdm import tqdm
+
+        tqdm.write(text)
 
 
 def _count(n: int) -> str:
