@@ -63,6 +63,25 @@ def test_top_k_mask_keeps_ceil_rho_of_each_response(compose, tiny_overrides):
     assert bool((rollout.extras["vppo_token_mask"] <= rollout.response_mask).all())
 
 
+def test_released_scale_scope_uses_the_loops_mini_and_micro_batch_sizes(compose, tiny_overrides):
+    from vrl.methods.vppo import VPPO, scoped_alpha
+
+    sizes = ["hooks.vppo.scale_scope=released", "update.mini_batch_size=4", "update.micro_batch_size=2"]
+    cfg = compose(tiny_overrides + ["+method=vppo", *VARY, "rollout.max_new_tokens=6", *sizes])
+    L.seed_everything(0, verbose=False)
+    module = build_module(cfg)
+    build_trainer(cfg)
+    hook = next(h for h in module.hooks.hooks if isinstance(h, VPPO))
+    module.objective.suppress_ids = []
+    rollout = module.rollout_engine.generate(module.vlm, [module.train_data[i] for i in range(2)])
+    module.log_dict = lambda *a, **k: None
+    hook.extra_pass(rollout, module)
+    score, valid = rollout.extras["vppo_seq_score"], rollout.response_mask.sum(-1) > 0
+    want = scoped_alpha(score, valid, 0.9, "released", chunk=2, mini_chunk=4)
+    torch.testing.assert_close(rollout.extras["vppo_alpha"], want.to(rollout.extras["vppo_alpha"].dtype))
+    assert not torch.equal(want, scoped_alpha(score, valid, 0.9, "released", chunk=2, mini_chunk=None))
+
+
 def test_paired_pass_matches_two_passes(compose, tiny_overrides):
     """One no-grad pass over [rollout; perturbed] gives the old log-probs and the dependency of two passes."""
     from vrl.lit.logprobs import score_logprobs

@@ -127,6 +127,19 @@ def test_objective_normaliser_has_one_entry_per_branch():
     assert norm.tolist() == [3.0, 2.0] + [0.0] * (MAX_BRANCHES - 2)
 
 
+def test_preset_policy_loss_is_easyr1s_with_dual_clip_3(compose):
+    # The released PEARL run (MiliLab/PEARL a271b77) sets clip 0.2 / 0.28 and keeps EasyR1's ActorConfig
+    # default clip_ratio_dual = 3.0. Token with log r = 2, A = -1: PPO loss max(e^2, 0.8) = 7.389056,
+    # dual clip caps it at -3 A = 3.0. Token with log r = 1, A = +1: max(-e, -1.28) = -1.28.
+    from hydra.utils import instantiate
+
+    cfg = compose(["+method=pearl"])
+    policy_loss = instantiate(cfg.policy_loss)
+    assert (policy_loss.eps_low, policy_loss.eps_high, policy_loss.dual_clip) == (0.2, 0.28, 3.0)
+    loss, _ = policy_loss(torch.tensor([[2.0, 1.0]]), torch.zeros(1, 2), torch.tensor([[-1.0, 1.0]]), torch.ones(1, 2))
+    torch.testing.assert_close(loss, torch.tensor([[3.0, -1.28]]))
+
+
 def test_invalid_knobs_name_the_key():
     with pytest.raises(ValueError, match="hooks.pearl.tau"):
         PEARL(tau=1.5)

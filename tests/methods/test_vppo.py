@@ -50,6 +50,27 @@ def test_published_scope_takes_min_max_over_batch_but_mean_per_micro_batch():
     torch.testing.assert_close(micro, torch.tensor([0.9, 1.1, 0.9, 1.1]))
 
 
+def test_released_scope_takes_min_max_per_mini_batch_and_mean_per_micro_batch():
+    # Released dp_actor.update_policy: min/max over each per-device mini-batch, mu over each micro-batch.
+    # 8 sequences, mini-batches of 4, micro-batches of 2. S = [0, 1, 2, 4 | 10, 12, 14, 18].
+    # mini 0: range [0, 4] -> S_hat = [0, .25 | .5, 1]; mu = .125 -> 0.9 + S_hat * 0.1 / .125 = [0.9, 1.1];
+    #   mu = .75 -> 0.9 + [.5, 1] * 0.1 / .75 = [0.966667, 1.033333]
+    # mini 1: range [10, 18] -> S_hat = [0, .25 | .5, 1] again -> the same four alphas.
+    s = torch.tensor([0.0, 1.0, 2.0, 4.0, 10.0, 12.0, 14.0, 18.0])
+    valid = torch.ones(8, dtype=torch.bool)
+    alpha = scoped_alpha(s, valid, 0.9, "released", chunk=2, mini_chunk=4)
+    want = torch.tensor([0.9, 1.1, 0.966667, 1.033333] * 2)
+    torch.testing.assert_close(alpha, want)
+    torch.testing.assert_close(alpha.view(4, 2).mean(-1), torch.ones(4))  # mean 1 per micro-batch
+    # `published` (one range [0, 18] over the batch) differs from mini 1 on: micro [10, 12] has
+    # S_hat = [10/18, 12/18], mu = 11/18 -> 0.9 + S_hat * 0.1 * 18 / 11 = [0.990909, 1.009091]
+    published = scoped_alpha(s, valid, 0.9, "published", chunk=2)
+    torch.testing.assert_close(published[4:6], torch.tensor([0.990909, 1.009091]))
+    # with one mini-batch per step, released == published
+    one_mini = scoped_alpha(s, valid, 0.9, "released", chunk=2, mini_chunk=None)
+    torch.testing.assert_close(one_mini, published)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [({"rho": 0.0}, "rho"), ({"beta_min": 1.5}, "beta_min"), ({"scale_scope": "global"}, "scale_scope")],

@@ -17,7 +17,7 @@ import torch
 from vrl.lit.logprobs import response_logits, response_targets, score_logprobs
 from vrl.types import Rollout, cat_rollouts
 
-SCOPES = ("step", "rank", "mini", "micro", "published")
+SCOPES = ("step", "rank", "mini", "micro", "published", "released")
 
 
 def token_dependency_k3(logprobs: torch.Tensor, perturbed_logprobs: torch.Tensor) -> torch.Tensor:
@@ -37,6 +37,7 @@ def scoped_alpha(
     scope: str,
     chunk: int,
     gather=None,
+    mini_chunk: int | None = None,
 ) -> torch.Tensor:
     """TAS factors alpha [N] with min/max and mean taken over the chosen scope (mean alpha = 1 per scope).
 
@@ -46,10 +47,13 @@ def scoped_alpha(
         beta_min: alpha's floor (0.9 in the paper); 1 disables shaping.
         scope: ``step`` (all ranks' sequences of the step), ``rank`` (this rank's), ``mini`` / ``micro``
             (min, max and mean per chunk of ``chunk`` sequences), ``published`` (min/max over the rank's
-            batch, mean per micro-batch chunk: what the released code computes, whose alphas average to 1
-            per micro-batch rather than per batch).
+            batch, mean per micro-batch chunk; equal to ``released`` when the rank's batch is one mini-batch),
+            ``released`` (min/max per mini-batch chunk of ``mini_chunk`` sequences, mean per micro-batch chunk
+            of ``chunk`` sequences inside it: what the released code computes in ``dp_actor.update_policy``,
+            whose alphas average to 1 per micro-batch; the released 7B run has 3 mini-batches per step).
         chunk: mini- or micro-batch size in sequences for the chunked scopes.
         gather: callable(tensor) -> tensor stacking a scalar over ranks (``LightningModule.all_gather``).
+        mini_chunk: the rank's mini-batch size in sequences for ``released``; None = the whole batch.
     """
     from vrl_kernels import vppo_alpha_reference
 
@@ -64,6 +68,14 @@ def scoped_alpha(
             lo, hi = gather(local_min).amin(), gather(local_max).amax()
         return vppo_alpha_reference(seq_score, has_tokens, beta_min, lo, hi)
     alpha = torch.ones_like(seq_score, dtype=torch.float32)
+    if scope == "released":  # [mini-batch [micro-batch ...] ...], both contiguous as the loop slices them
+        for mini in torch.arange(seq_score.shape[0], device=seq_score.device).split(mini_chunk or len(seq_score)):
+            valid = has_tokens[mini]
+            lo = torch.where(valid, seq_score[mini], inf).amin()
+            hi = torch.where(valid, seq_score[mini], -inf).amax()
+            for idx in mini.split(chunk):
+                alpha[idx] = vppo_alpha_reference(seq_score[idx], has_tokens[idx], beta_min, lo, hi)
+        return alpha
     for idx in torch.arange(seq_score.shape[0], device=seq_score.device).split(chunk):
         lo, hi = (local_min, local_max) if scope == "published" else (None, None)
         alpha[idx] = vppo_alpha_reference(seq_score[idx], has_tokens[idx], beta_min, lo, hi)
@@ -81,7 +93,9 @@ class VPPO:
             KL(P_img || P_pert) through ``vrl_kernels.dual_vocab_stats``; one more pass over the logits).
         mask_scope: draw the perturbation per ``response`` (published) or share it per ``group``.
         scale_scope: where TAS takes min/max and mean (see ``scoped_alpha``); ``step`` by default,
-            ``published`` reproduces the released code.
+            ``released`` reproduces the released code (min/max per mini-batch, mean per micro-batch, on each
+            rank; exact when the loop's mini-batches are contiguous slices, i.e. ``ppo_epochs`` = 1 as
+            released: more epochs shuffle them); ``published`` is the same with one mini-batch per step.
         normalize_by_kept: divide the loss by kept tokens instead of all valid tokens (published: all).
         paired_pass: when the loop has no other use for old log-probs (one PPO epoch, one mini-batch), score
             the old and the perturbed log-probs in one no-grad pass over [rollout; perturbed rollout] with
@@ -186,7 +200,9 @@ class VPPO:
         )
         gather = module.all_gather if _world_size(module) > 1 else None
         has_tokens = mask.sum(-1) > 0
-        alpha = scoped_alpha(out.seq_score, has_tokens, self.beta_min, self.scale_scope, chunk, gather)
+        alpha = scoped_alpha(
+            out.seq_score, has_tokens, self.beta_min, self.scale_scope, chunk, gather, module.mini_batch_size
+        )
         rollout.extras["vppo_token_mask"] = out.token_mask.to(mask.dtype)
         rollout.extras["vppo_alpha"] = alpha.to(mask.dtype)
         rollout.extras["vppo_seq_score"] = out.seq_score
