@@ -38,7 +38,7 @@ for x in ("*bf16", "*fp32"):
                   {"HAS_ROW_MASK": False, "BLOCK_V": 4096}, 8))
     per_tok = ("OLD", "ADV", "LOSS_MASK", "WEIGHT", "REF", "OUT_LOSS", "OUT_G", "OUT_C", "OUT_LSE", "OUT_ENT",
                "OUT_KL", "OUT_CLIP", "OUT_DUAL")
-    scal = ("eps_low", "eps_high", "dual_clip", "beta", "ent_coef", "nll_coef")
+    scal = ("eps_low", "eps_high", "dual_clip", "log_ratio_clamp", "kl_clamp", "beta", "ent_coef", "nll_coef")
     for flags in ({"HAS_REF": True, "HAS_DUAL": True}, {"HAS_REF": False, "HAS_DUAL": False}):
         cases.append((kg.grpo_fwd_kernel, {"X": x, "IDS": "*i64", **{k: F for k in per_tok}, **rows,
                       **{k: "fp32" for k in scal}}, {**flags, "BLOCK_V": 4096}, 8))
