@@ -182,15 +182,25 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://vrl_conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from vrl.errors import UserInputError
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         metrics = run(cfg)
-    except UserInputError as err:  # bad config or data: one line naming the key/file/row, not a traceback
-        print(f"[vrl] {err.kind} error: {err}", file=sys.stderr)
+    except Exception as err:  # bad config or data: one line naming the key/file/row, not a traceback
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"[vrl] {cause.kind} error: {cause}", file=sys.stderr)
         sys.exit(2)
     return metrics.get("val/accuracy")
+
+
+def _user_error(err: BaseException):
+    """The ``UserInputError`` behind ``err``: Hydra wraps what a ``_target_`` raises in its own exception."""
+    from vrl.errors import UserInputError
+
+    while err is not None and not isinstance(err, UserInputError):
+        err = err.__cause__
+    return err
 
 
 if __name__ == "__main__":

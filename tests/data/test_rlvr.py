@@ -25,6 +25,7 @@ from vrl.data.rlvr import (
     load_rlvr,
     resolve_files,
 )
+from vrl.errors import DataError
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -153,7 +154,7 @@ def test_folder_with_split_and_glob(tmp_path):
     names = [p.relative_to(tmp_path / "d").as_posix() for p in resolve_files(str(tmp_path / "d"), split="train")]
     assert names == ["train/more.jsonl", "train-00000.jsonl"]  # sorted by path parts: "train" < "train-00000.jsonl"
     assert load_rlvr(str(tmp_path / "d" / "*.jsonl"))["prompt"] == ["v", "t"]  # sorted: test < train
-    with pytest.raises(FileNotFoundError, match="matches no file"):
+    with pytest.raises(DataError, match="matches no file"):
         load_rlvr(str(tmp_path / "nothing*.jsonl"))
 
 

@@ -47,3 +47,21 @@ def test_stacked_presets_run_and_plain_method_name_suggests_plus(tmp_path):
     bad = _run(["method=grpo", *FAST], tmp_path)
     assert bad.returncode != 0
     assert "+method=grpo" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [("empty.jsonl", "", "empty.jsonl is empty"), ("missing.jsonl", None, "matches no file")],
+)
+def test_unusable_data_file_is_one_line_exit_2(tmp_path, name, text, message):
+    # Raised inside Hydra's instantiate of data.train, which wraps it: still one line, exit 2, no traceback.
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    out = _run(["experiment=none", "data=rlvr_local", f"data.train.path={tmp_path / name}", "data.val=null",
+                "logger=none"], tmp_path)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-3000:]
+    said = [
+        line for line in out.stderr.splitlines() if line.strip() and "[INFO]" not in line and "[WARNING]" not in line
+    ]
+    assert len(said) == 1 and said[0].startswith("[vrl] data error: ") and message in said[0], said

@@ -143,7 +143,7 @@ def load_rlvr(
         A ``datasets.Dataset``; ``ds[i]["images"]`` decodes that row's images to PIL.
 
     Raises:
-        FileNotFoundError: a path entry matches no file.
+        DataError: a path entry matches no file, or a file has an unsupported suffix.
         DataError: a file that cannot be read at all (empty or blank, no parsable row, corrupt), a missing
             question or answer column, a column that the mapping would overwrite, or files whose columns
             differ; one line naming the file.
@@ -181,10 +181,10 @@ def resolve_files(path: str | Sequence[str], split: str | None = None) -> list[P
         else:
             matches = [Path(text)] if os.path.exists(text) else []
         if not matches:
-            raise FileNotFoundError(f"data path {str(entry)!r} matches no file (split={split!r})")
+            raise DataError(f"data path {str(entry)!r} matches no file (split={split!r}): check data.<split>.path")
         for match in matches:
             if match.suffix.lower() not in FORMATS:
-                raise ValueError(f"{match}: unsupported data file suffix; expected one of {sorted(FORMATS)}")
+                raise DataError(f"{match}: unsupported data file suffix; expected one of {sorted(FORMATS)}")
             resolved = match.resolve()
             if resolved not in files:
                 files.append(resolved)
