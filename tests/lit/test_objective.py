@@ -37,9 +37,9 @@ def scored():
     return vlm, rollout, suppress
 
 
-def _loss_and_grads(vlm, rollout, suppress, impl, mode):
+def _loss_and_grads(vlm, rollout, suppress, impl, mode, dual_clip=3.0):
     objective = Objective(
-        policy_loss=PolicyLoss(eps_low=0.2, eps_high=0.28, dual_clip=3.0),
+        policy_loss=PolicyLoss(eps_low=0.2, eps_high=0.28, dual_clip=dual_clip),
         loss_agg=LossAgg(mode=mode, max_len=3),
         kl=KLPenalty("k3", 0.1),
         entropy_coef=0.01,
@@ -68,6 +68,27 @@ def test_fused_kernel_path_matches_plain_torch(scored, impl, mode):
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     for key in ("clipped_sum", "kl_sum", "entropy_sum", "tokens"):
         torch.testing.assert_close(torch.as_tensor(stats[key]).float(), torch.as_tensor(ref_stats[key]).float())
+
+
+@pytest.mark.parametrize("s", [30.0, 50.0])
+def test_fused_and_torch_paths_agree_beyond_the_log_ratio_clamps(scored, s):
+    # Every other token gets old = current - s and ref = current + s: log r = s and d = s, both past the +-20
+    # clamp (k3 past its cap of 10), where every term is constant. No dual clip, so a token with A < 0 keeps
+    # -A e^20 (unclamped: -A e^s). Both paths must give the same finite loss and gradient (before the fix the
+    # fused path used exp(s) unclamped and the two disagreed).
+    from dataclasses import replace
+
+    vlm, rollout, suppress = scored
+    far = torch.zeros_like(rollout.response_mask)
+    far[:, ::2] = s
+    far = far * rollout.response_mask
+    shifted = replace(rollout, old_logprobs=rollout.old_logprobs - far, ref_logprobs=rollout.ref_logprobs + far)
+    ref_loss, _, ref_grads = _loss_and_grads(vlm, shifted, suppress, "torch", "token_mean", dual_clip=None)
+    loss, _, grads = _loss_and_grads(vlm, shifted, suppress, "triton", "token_mean", dual_clip=None)
+    assert torch.isfinite(ref_loss) and all(torch.isfinite(g).all() for g in ref_grads.values())
+    torch.testing.assert_close(loss, ref_loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], msg=name)
 
 
 def test_unfusable_choices_stop_at_construction():
