@@ -169,7 +169,7 @@ def check_values(cfg: DictConfig, unread: list[tuple[str, dict]]) -> None:
                 raise ConfigError(f"{group}: {_root_cause(err)}") from err
     _check_plain_values(cfg)
     _check_cross_group(cfg)
-    _warn_rewardmap_weight(cfg)
+    _run_own_checks(cfg)
     check_fit(cfg)  # settings that are each valid but do not work together (vrl/fit_checks.py)
 
 
@@ -316,22 +316,21 @@ def _provided_keys(hooks: Any) -> set[str]:
     return out
 
 
-def _check_stacking(hooks: Any) -> None:
-    """Stacks whose presets overwrite each other in the wrong order (core.md §6)."""
-    hooks = hooks or {}
-    pearl = [n for n, h in hooks.items() if h and str(h.get("_target_", "")).endswith("pearl.PEARL")]
-    flt = hooks.get("dynamic_sampling")
-    if pearl and flt and "probe_accuracy" not in (flt.get("keys") or []):
-        raise ConfigError(
-            f"hooks.dynamic_sampling.keys={list(flt.get('keys') or [])}: with PEARL (hooks.{pearl[0]}) the filter "
-            "must test probe_accuracy too (PEARL's OR filter); a later preset overwrote it: put pearl last, "
-            "e.g. +method=[vppo,pearl]"
-        )
+def _run_own_checks(cfg: DictConfig) -> None:
+    """Rules a method or reward carries itself: a hook's or reward term's class may define
+    ``check(cfg, path)``, which raises ``ConfigError`` (or warns) about settings in other groups that do not
+    work with it (a filter a later preset overwrote, a reward weight the advantage cancels). So validation
+    never names a method."""
+    for group in ("hooks", "reward"):
+        for name, node in (cfg.get(group) or {}).items():
+            if node and node.get("_target_"):
+                check = getattr(get_object(node["_target_"]), "check", None)
+                if callable(check):
+                    check(cfg, f"{group}.{name}")
 
 
 def _check_cross_group(cfg: DictConfig) -> None:
     terms = {name for name, node in (cfg.get("reward") or {}).items() if node} | _provided_keys(cfg.get("hooks"))
-    _check_stacking(cfg.get("hooks"))
     for name, hook in (cfg.get("hooks") or {}).items():
         for key in (hook or {}).get("keys", []) or []:
             if key != "reward" and key not in terms:
@@ -344,37 +343,3 @@ def _check_cross_group(cfg: DictConfig) -> None:
         )
     if impl != "torch" and cfg.get("kl") and cfg.kl.get("estimator") != "k3":
         raise ConfigError(f"kernels.impl={impl}: the fused loss supports kl.estimator=k3 only; use kernels=torch")
-
-
-def _warn_rewardmap_weight(cfg: DictConfig) -> None:
-    """Warn where RewardMap's difficulty weight W does nothing or is applied twice (shared/methods/core.md §5.6).
-
-    W is the same for all G rollouts of a prompt, so inside the reward a std-normalised advantage divides it out
-    (up to eps); after normalisation (``weight_after_norm`` + the ``DifficultyWeight`` hook) it scales the update.
-    """
-    from vrl.rewards.rewardmap import DifficultyWeight, RewardMap
-
-    def built(group: str, cls: type) -> dict[str, Any]:
-        nodes = {k: v for k, v in (cfg.get(group) or {}).items() if v and v.get("_target_")}
-        return {k: instantiate(v) for k, v in nodes.items() if get_object(v["_target_"]) is cls}
-
-    hooks = built("hooks", DifficultyWeight)
-    for name, term in built("reward", RewardMap).items():
-        where = f"reward.{name}: RewardMap's difficulty weight W"
-        if not term.weight_after_norm and hooks:
-            log.warning(
-                "%s is applied twice (reward and hooks.%s); set weight_after_norm=true", where, ", ".join(hooks)
-            )
-        elif not term.weight_after_norm and cfg.get("advantage") and instantiate(cfg.advantage).normalises_scale:
-            log.warning(
-                "%s is inside the reward, where advantage=%s divides it out again (same W for the whole group); "
-                "set reward.%s.weight_after_norm=true and add a DifficultyWeight hook (as +method=rewardmap does) "
-                "to apply it after normalisation, or use an advantage without std (group_mean, rloo)",
-                where,
-                cfg.advantage.estimator,
-                name,
-            )
-        elif term.weight_after_norm and not hooks:
-            log.warning(
-                "%s is left out of the reward (weight_after_norm) and no DifficultyWeight hook applies it", where
-            )

@@ -19,6 +19,7 @@ Pure functions first (shapes: B prompts, G_p probes each); the hook last.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -95,6 +96,19 @@ class PEARL:
 
     needs_old_logprobs = False
     provides = ("probe_accuracy",)  # the reward component of the probe branch (group filters may test it)
+
+    @staticmethod
+    def check(cfg: Any, path: str) -> None:
+        """Stacks whose presets overwrite PEARL's OR filter (core.md §6): the filter must test probe_accuracy."""
+        from vrl.errors import ConfigError
+
+        flt = (cfg.get("hooks") or {}).get("dynamic_sampling")
+        keys = list(flt.get("keys") or []) if flt else []
+        if flt and "probe_accuracy" not in keys:
+            raise ConfigError(
+                f"hooks.dynamic_sampling.keys={keys}: with PEARL ({path}) the filter must test probe_accuracy too "
+                "(PEARL's OR filter); a later preset overwrote it: put pearl last, e.g. +method=[vppo,pearl]"
+            )
 
     def __init__(
         self,

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ import torch
 from vrl.types import Rollout
 
 from .extract import last_boxed
+
+logger = logging.getLogger("vrl")
 
 DIFFICULTY_WEIGHTS = {"easy": 1.0, "middle": 1.2, "hard": 1.5}
 SECTION_PENALTIES = ("published", "corrected")
@@ -233,6 +236,39 @@ class RewardMap:
             True: leave W out; pair with :class:`DifficultyWeight` to apply it after normalisation.
         name: key under which the reward set logs this term.
     """
+
+    @staticmethod
+    def check(cfg: Any, path: str) -> None:
+        """Warn where W does nothing or is applied twice (shared/methods/core.md §5.6).
+
+        W is the same for all G rollouts of a prompt, so inside the reward a std-normalised advantage divides it
+        out (up to eps); after normalisation (``weight_after_norm`` + a ``DifficultyWeight`` hook) it scales the
+        update.
+        """
+        from hydra.utils import get_object, instantiate
+        from omegaconf import OmegaConf
+
+        hooks = [
+            f"hooks.{k}"
+            for k, v in (cfg.get("hooks") or {}).items()
+            if v and v.get("_target_") and get_object(v["_target_"]) is DifficultyWeight
+        ]
+        after_norm = bool(OmegaConf.select(cfg, f"{path}.weight_after_norm", default=False))
+        where = f"{path}: RewardMap's difficulty weight W"
+        if not after_norm and hooks:
+            logger.warning("%s is applied twice (reward and %s); set weight_after_norm=true", where, ", ".join(hooks))
+        elif not after_norm and cfg.get("advantage") and instantiate(cfg.advantage).normalises_scale:
+            logger.warning(
+                "%s is inside the reward, where advantage=%s divides it out again (same W for the whole group); "
+                "set %s.weight_after_norm=true and add a DifficultyWeight hook (as +method=rewardmap does) to "
+                "apply it after normalisation, or use an advantage without std (group_mean, rloo)",
+                where,
+                cfg.advantage.get("estimator", cfg.advantage.get("_target_")),
+                path,
+            )
+        elif after_norm and not hooks:
+            logger.warning("%s is left out of the reward (weight_after_norm) and no DifficultyWeight hook applies it",
+                           where)  # fmt: skip
 
     def __init__(
         self,
