@@ -78,3 +78,21 @@ def test_a_run_that_stops_early_says_so_and_exits_3_without_val_warnings(compose
     assert "ckpt_path=last (exit status 3)" in out
     assert "[vrl] last validation: none ran" in out
     assert not [w for w in caught if "across ranks is zero" in str(w.message)]
+
+
+def test_a_run_stopped_by_a_callback_is_unfinished_unless_a_hook_ended_it(compose, tiny_overrides):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Callback
+
+    from vrl.console import stop_reason
+
+    class StopAfterOneStep(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = True
+
+    _, module, trainer = _fit(compose, [*tiny_overrides, "trainer.max_steps=3"], [StopAfterOneStep()])
+    assert trainer.global_step == 1
+    assert stop_reason(trainer, module.hooks.hooks) == "stopped before trainer.max_steps"
+    # a hook that reports done (a curriculum whose last stage ended the run) makes the early stop the plan
+    assert stop_reason(trainer, [SimpleNamespace(done=True)]) is None
