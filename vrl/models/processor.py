@@ -69,7 +69,7 @@ IMAGE_PLACEHOLDER = "<image>"
 
 
 def torchvision_usable() -> bool:
-    """True when torchvision imports. A broken install (OFFLINE.md: CUDA build) counts as unusable."""
+    """True when torchvision imports. A broken install (a CUDA build on a CPU box) counts as unusable."""
     if importlib.util.find_spec("torchvision") is None:
         return False
     try:

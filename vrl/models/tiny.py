@@ -7,8 +7,8 @@ Three pieces, each shaped like the real thing so that the rest of vrl runs the s
   built-in corpus. The vocabulary stays small (~800 entries) on purpose: a *random* policy must be able to
   emit an answer word by chance for the RL learning tests to have any signal.
 * ``build_tiny_vlm``: ``Qwen2VLForConditionalGeneration`` / ``Qwen2_5_VLForConditionalGeneration`` /
-  ``Qwen3VLForConditionalGeneration`` from a shrunken config with seeded random weights (sizes from
-  OFFLINE.md: text hidden 64, 2 layers; vision depth 2, width 32).
+  ``Qwen3VLForConditionalGeneration`` from a shrunken config with seeded random weights (text hidden 64,
+  2 layers; vision depth 2, width 32: small sizes that build, generate and train in all three families).
 * ``build_processor``: the PIL image processor plus the image-only processor from ``vrl.models.processor``
   (the stock ones need torchvision).
 """
@@ -184,7 +184,7 @@ def build_tiny_tokenizer(
     return tokenizer
 
 
-#: Default sizes of the tiny models (OFFLINE.md); every key can be overridden in ``build_tiny_vlm``.
+#: Default sizes of the tiny models; every key can be overridden in ``build_tiny_vlm``.
 TINY_SIZES: dict[str, int] = {
     "hidden_size": 64,
     "intermediate_size": 128,
