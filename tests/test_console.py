@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from vrl.console import EXIT_STOPPED, ConsoleLog, metrics_line, parameter_line, run_summary
+from vrl.console import EXIT_STOPPED, ConsoleLog, metrics_line, parameter_line, policy_hint, run_summary
 
 
 def test_parameter_line():
@@ -24,6 +24,12 @@ def test_metrics_line_keeps_order_and_skips_what_was_not_logged():
     line = metrics_line(50, 250, logged, labels, elapsed=78.4)
     assert line == "[vrl] step 50/250 | reward 0.619 | 0.312 s/step | 1:18 elapsed"
     assert metrics_line(3, -1, {}, labels, None) == "[vrl] step 3"  # endless run, nothing logged yet
+
+
+def test_policy_hint_tells_a_whole_model_from_an_adapter(tmp_path):
+    assert policy_hint(tmp_path).startswith("AutoModelForImageTextToText.from_pretrained(dir)")
+    (tmp_path / "adapter_config.json").write_text("{}")  # what save_vlm(merge_lora=False) writes
+    assert policy_hint(tmp_path).startswith("a LoRA adapter: peft.PeftModel.from_pretrained(base, dir)")
 
 
 def test_console_every_n_steps_must_be_non_negative():

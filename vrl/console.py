@@ -177,16 +177,20 @@ def run_summary(
         lines.append("[vrl] last validation: none ran (data.val=null, or fewer steps than trainer.val_check_interval)")
     lines.append(f"[vrl] run directory: {Path(output_dir).resolve()} (config: .hydra/config.yaml)")
     if policy_dir is not None:
-        lines.append(
-            f"[vrl] policy: {Path(policy_dir).resolve()} "
-            "(AutoModelForImageTextToText.from_pretrained(dir); README: 'Using the trained policy')"
-        )
+        lines.append(f"[vrl] policy: {Path(policy_dir).resolve()} ({policy_hint(policy_dir)})")
     if logger is not None and getattr(logger, "run_id", None):
         uri = str(logger._tracking_uri)
         view = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
         lines.append(f"[vrl] MLflow run {logger.run_id} in {uri}")
         lines.append(f"[vrl] view it with: {view}")
     return RunSummary(lines, stopped)
+
+
+def policy_hint(policy_dir: str | Path) -> str:
+    """How to load what ``save_vlm`` wrote: a whole model, or a LoRA adapter that names its base."""
+    if (Path(policy_dir) / "adapter_config.json").is_file():
+        return "a LoRA adapter: peft.PeftModel.from_pretrained(base, dir); README: 'LoRA'"
+    return "AutoModelForImageTextToText.from_pretrained(dir); README: 'Using the trained policy'"
 
 
 def _say(trainer: Any, text: str) -> None:
