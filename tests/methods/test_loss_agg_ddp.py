@@ -40,7 +40,9 @@ def test_two_gloo_ranks_one_without_tokens_give_the_global_token_mean_gradient()
     # with the per-rank clamp(min=1) the denominator was (3 + 1) / 2 * 2 = 4 -> (0.25, 0.5, 0.75)
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_rank, args=(_free_port(), out), nprocs=2, join=True)
+        # fork, not spawn: a spawned child must import this test module by name, which fails when pytest runs
+        # as the `pytest` script (the repository root is then not on the child's sys.path)
+        mp.start_processes(_rank, args=(_free_port(), out), nprocs=2, join=True, start_method="fork")
         grads = dict(out)
     for rank in (0, 1):
         torch.testing.assert_close(torch.tensor(grads[rank]), torch.tensor([1 / 3, 2 / 3, 1.0]))
