@@ -209,7 +209,7 @@ class RLModule(L.LightningModule):
 
     def make_rollout(self) -> Rollout | None:
         """Prompts -> pre-rollout hooks -> G samples each -> rewards -> attached branches -> group filters,
-        refilled up to the hooks' ``max_tries`` draws until B groups survive (DAPO dynamic sampling, PEARL's
+        refilled up to the hooks' ``max_tries`` draws until B groups survive (dynamic sampling, a probe
         gate). None when every draw was gated out before generation."""
         budget = max([getattr(h, "max_tries", 1) for h in self.hooks.hooks] + [1])
         kept: list[Rollout] = []
