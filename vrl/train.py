@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vrl.utils.threads import configure_threads
@@ -48,9 +49,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     unread = check_keys(cfg)  # before torch: a typo costs a second, not the imports below
     try:
-        threads = configure_threads(**{k: v for k, v in (cfg.get("threads") or {}).items() if k != "_target_"})
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+        threads = instantiate(cfg.threads) if cfg.get("threads") else configure_threads()
+    except Exception as err:  # Hydra wraps the constructor's ValueError: report the cause, naming the key
+        raise ConfigError(str(err.__cause__ or err)) from err
     log.info(threads.describe())
     check_values(cfg, unread)
     import lightning as L
@@ -105,8 +106,6 @@ def _logger(cfg: DictConfig, run_id: str | None):
     """The MLflow logger (None with ``logger=none``): a new, named run, or the checkpoint's run on resume."""
     if not cfg.get("logger"):
         return None
-    from hydra.utils import instantiate
-
     from vrl.tracking import run_identity
 
     if run_id:
@@ -136,8 +135,6 @@ def _stopped_by_signal(keeper, logger, output_dir: str, step: int) -> None:
 
 def _console(cfg: DictConfig):
     """The ``console`` callback (vrl/console.py: parameter count, periodic metrics line), or None."""
-    from hydra.utils import instantiate
-
     return instantiate(cfg.console) if cfg.get("console") else None
 
 
@@ -156,7 +153,6 @@ def _report(trainer, module, cfg, console, logger, policy_dir, metrics: dict[str
 
 def _sweep_tags() -> dict[str, str]:
     """Group multirun jobs: one experiment, a ``sweep`` tag naming the sweep directory, the job number."""
-    from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
