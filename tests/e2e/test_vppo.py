@@ -84,8 +84,8 @@ def test_released_scale_scope_uses_the_loops_mini_and_micro_batch_sizes(compose,
 
 def test_paired_pass_matches_two_passes(compose, tiny_overrides):
     """One no-grad pass over [rollout; perturbed] gives the old log-probs and the dependency of two passes."""
-    from vrl.lit.logprobs import score_logprobs
     from vrl.methods.vppo import VPPO
+    from vrl.models.scoring import score_logprobs
 
     cfg = compose(tiny_overrides + ["+method=vppo", *VARY, "rollout.max_new_tokens=6"])
     L.seed_everything(0, verbose=False)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vrl.lit.logprobs import response_logits, response_targets, token_stats
 from vrl.lit.loss import Objective
 from vrl.methods.kl import KLPenalty
 from vrl.methods.loss_agg import LossAgg
 from vrl.methods.policy_loss import PolicyLoss
+from vrl.models.scoring import response_logits, response_targets, token_stats
 from vrl.rollout.hf import HFRollout, suppressed_token_ids
 
 

@@ -82,7 +82,7 @@ def test_micro_batches_do_not_change_the_update(compose, tiny_overrides, mode):
 
 def test_teacher_forced_logprobs_equal_the_sampling_distribution(compose, tiny_overrides):
     """Scoring uses the same positions (M-RoPE, left padding), masks and suppressed tokens as generate."""
-    from vrl.lit.logprobs import score_logprobs
+    from vrl.models.scoring import score_logprobs
     from vrl.rollout.hf import suppressed_token_ids
     from vrl.rollout.prompts import encode_prompts
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from vrl.data.checklist import ProbeItem
 from vrl.lit.loss import MAX_BRANCHES
-from vrl.methods.checklist import ProbeItem
 from vrl.methods.filters import group_keep_mask
 from vrl.methods.loss_agg import LossAgg
 from vrl.methods.pearl import PEARL, fidelity_gate, probe_means, reweight, score_probe_response

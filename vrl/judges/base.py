@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-from vrl.methods.checklist import tag_contents
+from vrl.data.checklist import tag_contents
 
 logger = logging.getLogger("vrl")
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vrl.methods.annotations import format_visual_key_info
+from vrl.data.annotations import format_visual_key_info
 
 #: The published user message (``{annotations}`` is the tagged list, ``{response}`` the rollout).
 USER_TEMPLATE = "Visual Key Information: {annotations}\nResponse: {response}\n"

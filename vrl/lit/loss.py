@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from vrl.lit.logprobs import response_logits, response_targets, token_stats
 from vrl.methods.kl import KLPenalty
 from vrl.methods.loss_agg import LossAgg, positive
 from vrl.methods.policy_loss import PolicyLoss
+from vrl.models.scoring import response_logits, response_targets, token_stats
 from vrl.types import Rollout
 
 #: Rollout branches the loss can average separately (main + auxiliary); a fixed size keeps the per-branch

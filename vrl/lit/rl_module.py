@@ -26,10 +26,10 @@ import torch
 
 from vrl.data.source import PromptSource, StepTicks
 from vrl.hooks import HookSet
-from vrl.lit.logprobs import score_logprobs
 from vrl.lit.loss import Objective
 from vrl.lit.metrics import rollout_metrics
 from vrl.methods.advantage import Advantage
+from vrl.models.scoring import score_logprobs
 from vrl.rewards.combine import RewardSet
 from vrl.rollout.hf import HFRollout, suppressed_token_ids
 from vrl.types import Rollout, cat_rollouts

@@ -3,7 +3,7 @@
 Per step (core.md §3, §6):
 
 1. ``on_prompts`` (H5/H6): for each drawn prompt, G_p probe rollouts answer its perception checklist
-   (:mod:`vrl.methods.checklist`); the perceptual reward p is the fraction of sub-answers right. Prompts whose
+   (:mod:`vrl.data.checklist`); the perceptual reward p is the fraction of sub-answers right. Prompts whose
    mean probe score P̄ is <= ``gate_threshold`` are dropped before any reasoning rollout (the fidelity gate),
    except when a draw bypasses the gate (probability ``bypass_prob`` per draw). The loop refills the batch.
 2. ``on_rollout`` (H5): the kept prompts' probes join the rollout as branch 1 of the same prompt group, so
@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from vrl.methods.checklist import (
+from vrl.data.checklist import (
     ProbeItem,
     checklist_from_columns,
     checklist_from_scene,
     parse_probe_answers,
     probe_prompt,
-    score_probe,
 )
+from vrl.rewards.checklist import score_probe
 from vrl.rewards.extract import last_boxed
 from vrl.types import Rollout, attach_branch
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from vrl.lit.logprobs import response_logits, response_targets, score_logprobs
+from vrl.models.scoring import response_logits, response_targets, score_logprobs
 from vrl.types import Rollout, cat_rollouts
 
 SCOPES = ("step", "rank", "mini", "micro", "published", "released")

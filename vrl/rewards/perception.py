@@ -3,7 +3,7 @@
 The published total is ``0.9 acc + 0.1 format + 0.7 r_vis + r_rep`` (``conf/reward/perception_r1.yaml``):
 
 - ``r_vis = sum_j o_j / (m + 1e-6)``, where o_j in [0, 1] is a judge's verdict on whether the response states
-  annotation j of the sample (:mod:`vrl.judges`, :mod:`vrl.methods.annotations`). It applies to every
+  annotation j of the sample (:mod:`vrl.judges`, :mod:`vrl.data.annotations`). It applies to every
   rollout, right or wrong; it is 0 for samples without annotations and for failed judgements.
 - ``r_rep = -2 (1 - #unique 20-word n-grams / #20-word n-grams)``: 0 for text without repeats, -2 at the
   limit of one phrase looped forever, 0 below 20 words. It stops a judge-rewarded policy from restating
@@ -69,8 +69,8 @@ class VisualPerception:
         """One r_vis in [0, 1) per response (``failure_value`` for failed judgements)."""
         # Imported here, not at the top: vrl.methods and vrl.judges import vrl.rewards (Accuracy), and this
         # module is imported by vrl.rewards itself, so a top-level import would be circular.
+        from vrl.data.annotations import sample_annotations
         from vrl.judges.base import JudgeItem
-        from vrl.methods.annotations import sample_annotations
 
         if len(responses) != len(samples):
             raise ValueError(f"{len(responses)} responses but {len(samples)} samples")

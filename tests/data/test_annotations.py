@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from vrl.data.scene import Chart, Scene, SceneObject
-from vrl.data.tasks import TASKS, generate, row_rng, vocabulary, words
-from vrl.methods.annotations import (
+from vrl.data.annotations import (
     annotations_from_scene,
     format_visual_key_info,
     parse_visual_key_info,
     sample_annotations,
 )
+from vrl.data.scene import Chart, Scene, SceneObject
+from vrl.data.tasks import TASKS, generate, row_rng, vocabulary, words
 
 # x extents (the triangle's polygon spans x-r..x+r, the circle's box x-r..x+r): triangle 12..28, square 42..58,
 # circle 67..93, so triangle < square < circle from left to right with gaps.

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from itertools import combinations
 
+from vrl.data.checklist import tag_contents, target_keys
 from vrl.data.scene import Chart, Scene, SceneObject, from_dict
-from vrl.methods.checklist import tag_contents, target_keys
 
 #: The published column with the annotations of a real row.
 VISUAL_KEY_INFO = "visual_key_info"

@@ -18,7 +18,6 @@ when the same text would be right as a main answer of that ``answer_type``.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -29,8 +28,7 @@ from random import Random
 
 from vrl.data.scene import PALETTE, SHAPES, Chart, Scene, SceneObject, from_dict
 from vrl.data.tasks import TEMPLATES, row_rng, vocabulary, words
-from vrl.rewards.accuracy import Accuracy
-from vrl.rewards.extract import AnswerExtractor, last_boxed, normalize_text, parse_choices, parse_number, parse_yesno
+from vrl.rewards.extract import last_boxed, normalize_text, parse_choices, parse_number, parse_yesno
 
 #: Answer types a probe item may have (boxes are left out: a probe asks what is seen, not where in pixels).
 PROBE_ANSWER_TYPES = ("yesno", "number", "text", "choice", "math")
@@ -44,8 +42,6 @@ _BAR_COLOR = "What colour is the {category} bar?"
 _BAR_OF_COLOR = "Which bar is {color}?"
 _INSTRUCTION = "Answer as {tags}."
 
-# The span inside a probe tag may itself be wrapped in \boxed{}; nothing else is unwrapped.
-_ACCURACY = Accuracy(extract=AnswerExtractor(answer_tag=None, boxed=True, fallback="whole"))
 _NUMBER_LIKE = re.compile(r"[-+\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
@@ -348,54 +344,3 @@ def parse_probe_answers(response: str) -> dict[int, str]:
     the string, so a generation cut off by the length limit right after its last answer keeps it.
     """
     return dict(tag_contents(response, "a"))
-
-
-def score_probe(response: str, items: list[ProbeItem], denominator: str = "checklist") -> float:
-    """The perceptual reward of one probe response: the fraction of sub-answers that are correct.
-
-    Each ``<aK>`` is checked against ``items[K-1]`` by vrl's own accuracy check for its ``answer_type``.
-    Answers whose K is outside the checklist are ignored. For a one-item checklist with no ``<a1>``, the
-    last ``\\boxed{}`` is the answer (PEARL's single-question fallback).
-
-    Args:
-        response: the probe rollout's text.
-        items: the checklist the probe asked.
-        denominator: ``checklist`` (default) divides by ``len(items)``, so skipping hard items never pays.
-            ``answered`` divides by the number of answers emitted, as published: answering one easy item
-            scores 1.0 (core.md §6); 0 answers score 0.0.
-
-    Returns:
-        A reward in [0, 1].
-    """
-    if denominator not in DENOMINATORS:
-        raise ValueError(f"denominator must be one of {DENOMINATORS}, got {denominator!r}")
-    if not items:
-        raise ValueError("cannot score a probe against an empty checklist")
-    answers = parse_probe_answers(response)
-    if len(items) == 1 and 1 not in answers:
-        boxed = last_boxed(response)
-        if boxed is not None:
-            answers = {1: boxed}
-    answered = {k: v for k, v in answers.items() if 1 <= k <= len(items)}
-    correct = math.fsum(_is_correct(span, items[k - 1]) for k, span in answered.items())
-    total = len(items) if denominator == "checklist" else len(answered)
-    return correct / total if total else 0.0
-
-
-def _is_correct(span: str, item: ProbeItem) -> float:
-    return _ACCURACY.score(span, {"answer": item.answer, "answer_type": item.answer_type})
-
-
-def score_probes(
-    responses: Sequence[str], items_per_response: Sequence[list[ProbeItem]], denominator: str = "checklist"
-) -> list[float]:
-    """:func:`score_probe` over a batch: ``responses[i]`` is scored against ``items_per_response[i]``.
-
-    Args:
-        responses: N probe responses.
-        items_per_response: N checklists (a row's checklist repeated for its G probe rollouts).
-        denominator: see :func:`score_probe`.
-    """
-    if len(responses) != len(items_per_response):
-        raise ValueError(f"{len(responses)} responses but {len(items_per_response)} checklists")
-    return [score_probe(r, items, denominator) for r, items in zip(responses, items_per_response)]

@@ -4,17 +4,16 @@ import re
 
 import pytest
 
-from vrl.data.tasks import TASKS, generate, row_rng, vocabulary, words
-from vrl.methods.checklist import (
+from vrl.data.checklist import (
     ProbeItem,
     checklist_from_columns,
     checklist_from_scene,
     infer_answer_type,
     parse_probe_answers,
     probe_prompt,
-    score_probe,
-    score_probes,
 )
+from vrl.data.tasks import TASKS, generate, row_rng, vocabulary, words
+from vrl.rewards.checklist import score_probe, score_probes
 
 
 def _metas(seeds=range(6)):
