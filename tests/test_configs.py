@@ -69,21 +69,39 @@ def test_every_group_option_composes_and_binds(compose, group, option):
     bind_all(compose([f"{group}={option}"]))
 
 
+M = "vrl.methods."
+
+
 def test_method_presets_choose_axes(compose):
     dr = compose(["+method=dr_grpo"])
-    assert dr.advantage.estimator == "group_mean"
-    assert dr.loss_agg.mode == "seq_mean_token_sum_norm"
+    assert dr.advantage._target_ == M + "advantage.GroupMean"
+    assert dr.loss_agg._target_ == M + "loss_agg.SeqMeanTokenSumNorm"
     assert not dr.kl
     grpo = compose(["+method=grpo"])
-    assert grpo.kl.estimator == "k3" and grpo.loss_agg.mode == "seq_mean_token_mean"
+    assert grpo.kl._target_ == M + "kl.K3" and grpo.loss_agg._target_ == M + "loss_agg.SeqMeanTokenMean"
 
 
 def test_stacked_presets_later_wins_and_command_line_wins_last(compose):
     stacked = compose(["+method=[grpo,dr_grpo]"])
-    assert stacked.advantage.estimator == "group_mean"  # dr_grpo came last
+    assert stacked.advantage._target_ == M + "advantage.GroupMean"  # dr_grpo came last
     assert not stacked.kl
     cli = compose(["+method=dr_grpo", "loss_agg=token_mean"])
-    assert cli.loss_agg.mode == "token_mean"
+    assert cli.loss_agg._target_ == M + "loss_agg.TokenMean"
+
+
+def test_objective_node_follows_the_groups_and_the_sampling_temperature(compose):
+    from hydra.utils import instantiate
+
+    from vrl.methods.kl import K3
+    from vrl.methods.loss_agg import SeqMeanTokenMean
+    from vrl.methods.policy_loss import PPOClip
+
+    cfg = compose(["+method=vppo", "kl=k3", "kl.coef=0.1", "rollout.temperature=0.7"])
+    objective = instantiate(cfg.objective)
+    assert objective.policy_loss == PPOClip(0.2, 0.28, 3.0) and objective.kl == K3(coef=0.1)
+    assert objective.temperature == 0.7 and objective.kernel_impl == "torch" and objective.nll_coef == 0.06
+    assert instantiate(compose(["+method=grpo"]).objective).loss_agg == SeqMeanTokenMean()
+    assert instantiate(compose([]).objective).kl is None  # kl=none
 
 
 @pytest.mark.parametrize("overrides", COMPOSITIONS, ids=lambda o: ",".join(o) or "base")

@@ -17,7 +17,12 @@ from vrl.validate import ConfigError, validate_config
         (["rollout.group_size=1"], "rollout.group_size"),  # G < 2
         (["policy_loss.eps_low=-0.1"], "policy_loss.eps_low"),  # negative clip
         (["kl=k3", "kl.coef=-1"], "kl.coef"),
-        (["loss_agg.mode=sum"], "loss_agg.mode"),
+        (["loss_agg=seq_mean_token_sum_norm", "loss_agg.max_len=0"], "loss_agg.max_len"),
+        (["+loss_agg.mode=sum"], "loss_agg.mode: unknown key"),  # the option is the _target_, not a string
+        (["policy_loss.eps_high=abc"], "^policy_loss.eps_high: expected float"),  # not objective.policy_loss...
+        (["+update.entropy_coef=0.1"], "update.entropy_coef: unknown key"),  # moved to objective.entropy_coef
+        (["objective.nll_coef=abc"], "objective.nll_coef: expected float"),
+        (["kernels=triton", "kl=k2"], "kl is K2: use kernels=torch"),
         (["+reward.acc2={_target_:vrl.rewards.Accuracy,weight:one}"], "reward.acc2.weight"),
         (["+method=dapo", "hooks.dynamic_sampling.keys=[correctness]"], "hooks.dynamic_sampling.keys"),
         (["kernels=triton", "+method=gspo"], "kernels.impl"),

@@ -11,7 +11,6 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from vrl.lit.loss import Objective
 from vrl.lit.rl_module import RLModule
 from vrl.rewards.combine import RewardSet
 
@@ -25,17 +24,7 @@ def build_module(cfg: DictConfig) -> RLModule:
     """Policy, rollout, rewards, method axes, hooks and data -> the RLModule."""
     vlm = instantiate(cfg.model)
     rollout = instantiate(cfg.rollout)
-    objective = Objective(
-        policy_loss=instantiate(cfg.policy_loss),
-        loss_agg=instantiate(cfg.loss_agg),
-        kl=_optional(cfg.kl),
-        entropy_coef=cfg["update"].entropy_coef,
-        nll_coef=cfg["update"].get("nll_coef", 0.0),
-        temperature=rollout.temperature,
-        kernel_impl=cfg.kernels.impl if cfg.get("kernels") else "torch",
-    )
     hooks = {name: instantiate(node) for name, node in (cfg.get("hooks") or {}).items() if node}
-    update = {k: v for k, v in cfg["update"].items() if k not in ("entropy_coef", "nll_coef", "log_rollouts_every")}
     train_data, val_data = instantiate(cfg.data.train), _optional(cfg.data.get("val"))
     if cfg.data.get("preflight"):  # drop (or stop on) bad rows before the first step: vrl/data/preflight.py
         from vrl.data.preflight import run_preflight
@@ -48,7 +37,7 @@ def build_module(cfg: DictConfig) -> RLModule:
         rollout=rollout,
         reward=(instantiate(cfg.reward_sandbox) if cfg.get("reward_sandbox") else RewardSet)(instantiate(cfg.reward)),
         advantage=instantiate(cfg.advantage),
-        objective=objective,
+        objective=instantiate(cfg.objective),
         optimizer=instantiate(cfg.optimizer),
         scheduler=_optional(cfg.get("scheduler")),
         train_data=train_data,
@@ -56,9 +45,8 @@ def build_module(cfg: DictConfig) -> RLModule:
         batch_size=cfg.data_loader.batch_size,
         val_batch_size=cfg.data_loader.val_batch_size,
         hooks=hooks,
-        log_rollouts_every=cfg["update"].log_rollouts_every,
         data_seed=cfg.seed,
-        **update,
+        **cfg["update"],
     )
 
 

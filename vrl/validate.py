@@ -9,8 +9,8 @@ traceback from deep inside a constructor. Three passes, cheapest first:
    targets whose signature cannot be read statically are imported;
 2. the cheap method objects are built, so their own value checks run (G < 2, negative clip, ...); this
    imports torch, nothing heavier;
-3. cross-group rules that no single constructor can see (filters naming reward terms that do not exist,
-   kernel paths that cannot fuse the chosen loss).
+3. cross-group rules that no single constructor can see (filters naming reward terms that do not exist); the
+   objective node, built in pass 2, checks that the kernel path can fuse the chosen loss itself.
 
 Rules about configs that run but probably do not do what was meant log a warning on the ``vrl`` logger instead.
 """
@@ -38,7 +38,9 @@ __all__ = ["ConfigError", "check_keys", "check_values", "validate_config"]
 
 log = logging.getLogger("vrl")
 
-CHEAP_GROUPS = ("rollout", "advantage", "policy_loss", "loss_agg", "kl")
+#: Nodes built in pass 2 (torch only). ``objective`` last: it holds the three loss axes (interpolated) and checks
+#: that the fused kernel path can compute them.
+CHEAP_GROUPS = ("rollout", "advantage", "policy_loss", "loss_agg", "kl", "objective")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -59,8 +61,10 @@ def check_keys(cfg: DictConfig) -> list[tuple[str, dict]]:
     _check_top_level(tree)
     for block, (targets, types_) in PLAIN_BLOCKS.items():
         _check_plain_block(block, tree.get(block), targets, types_)
+    aliases = _aliases(cfg)
+    nodes = [(path, node) for path, node in _targets(tree) if not _under(path, aliases)]
     allowed = allowed_target_prefixes()
-    for path, node in _targets(tree):
+    for path, node in nodes:
         target = str(node["_target_"])
         if not target.startswith(allowed):
             raise ConfigError(
@@ -68,7 +72,26 @@ def check_keys(cfg: DictConfig) -> list[tuple[str, dict]]:
                 f"({', '.join(p.rstrip('.') for p in allowed)}); to allow your own package, "
                 f"export {ALLOW_ENV}=<package>[,<package>...]"
             )
-    return [(path, node) for path, node in _targets(tree) if not _check_node_static(path, node)]
+    return [(path, node) for path, node in nodes if not _check_node_static(path, node)]
+
+
+def _aliases(cfg: Any, path: str = "") -> set[str]:
+    """Paths whose value is an interpolation of another node (``objective.policy_loss: ${policy_loss}``): they
+    are checked where they are defined, so an error names the key a user sets."""
+    out: set[str] = set()
+    if not isinstance(cfg, DictConfig):
+        return out
+    for key in cfg:
+        where = f"{path}.{key}".lstrip(".")
+        if OmegaConf.is_interpolation(cfg, key):
+            out.add(where)
+        else:
+            out |= _aliases(cfg._get_node(key), where)
+    return out
+
+
+def _under(path: str, prefixes: set[str]) -> bool:
+    return any(path == p or path.startswith((f"{p}.", f"{p}[")) for p in prefixes)
 
 
 #: Packages whose callables a config may name in ``_target_``. Hydra imports and calls whatever a config
@@ -92,15 +115,13 @@ TOP_LEVEL = {
     "ckpt_path": (str, type(None)),
     "save_policy": bool,
     "merge_lora": bool,
+    "objective": dict,  # vrl.lit.loss.Objective (a _target_ node, checked with the others)
 }
 
 #: Plain blocks (no ``_target_``) -> the constructors their keys reach, and keys with their own types.
 PLAIN_BLOCKS = {
-    "update": (("vrl.lit.rl_module.RLModule", "vrl.lit.loss.Objective"), {}),
-    "data_loader": (
-        (),
-        {"batch_size": int, "val_batch_size": int, "shuffle": bool},  # -> RLModule(batch_size, val_batch_size)
-    ),
+    "update": (("vrl.lit.rl_module.RLModule",), {}),
+    "data_loader": ((), {"batch_size": int, "val_batch_size": int}),  # -> RLModule(batch_size, val_batch_size)
 }
 
 
@@ -336,10 +357,3 @@ def _check_cross_group(cfg: DictConfig) -> None:
             if key != "reward" and key not in terms:
                 have = ", ".join(["reward", *sorted(terms)])
                 raise ConfigError(f"hooks.{name}.keys: {key!r} is not a configured reward term (have: {have})")
-    impl = cfg.kernels.impl if cfg.get("kernels") else "torch"
-    if impl != "torch" and cfg.policy_loss.get("kind") != "ppo_clip":
-        raise ConfigError(
-            f"kernels.impl={impl}: the fused loss supports policy_loss.kind=ppo_clip only; use kernels=torch"
-        )
-    if impl != "torch" and cfg.get("kl") and cfg.kl.get("estimator") != "k3":
-        raise ConfigError(f"kernels.impl={impl}: the fused loss supports kl.estimator=k3 only; use kernels=torch")

@@ -43,7 +43,7 @@ def test_stacked_presets_run_and_plain_method_name_suggests_plus(tmp_path):
     ok = _run(["+method=[grpo,dr_grpo]", *FAST], tmp_path)
     assert ok.returncode == 0, ok.stderr[-3000:]
     cfg = next(Path(tmp_path, "outputs").glob("*/*/.hydra/config.yaml")).read_text()
-    assert "estimator: group_mean" in cfg  # dr_grpo, listed last, wins the shared advantage axis
+    assert "_target_: vrl.methods.advantage.GroupMean" in cfg  # dr_grpo, listed last, wins the shared advantage axis
     bad = _run(["method=grpo", *FAST], tmp_path)
     assert bad.returncode != 0
     assert "+method=grpo" in bad.stderr

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from vrl.lit.loss import Objective
-from vrl.methods.kl import KLPenalty
-from vrl.methods.loss_agg import LossAgg
-from vrl.methods.policy_loss import PolicyLoss
+from vrl.methods.kl import K2, K3
+from vrl.methods.loss_agg import SeqMeanTokenMean, TokenMean
+from vrl.methods.policy_loss import GSPO, PPOClip
 from vrl.models.scoring import response_logits, response_targets, token_stats
 from vrl.rollout.hf import HFRollout, suppressed_token_ids
 
@@ -37,11 +37,14 @@ def scored():
     return vlm, rollout, suppress
 
 
+AGGS = {"token_mean": TokenMean(), "seq_mean_token_mean": SeqMeanTokenMean()}
+
+
 def _loss_and_grads(vlm, rollout, suppress, impl, mode, dual_clip=3.0):
     objective = Objective(
-        policy_loss=PolicyLoss(eps_low=0.2, eps_high=0.28, dual_clip=dual_clip),
-        loss_agg=LossAgg(mode=mode, max_len=3),
-        kl=KLPenalty("k3", 0.1),
+        policy_loss=PPOClip(eps_low=0.2, eps_high=0.28, dual_clip=dual_clip),
+        loss_agg=AGGS[mode],
+        kl=K3(0.1),
         entropy_coef=0.01,
         nll_coef=0.05,
         kernel_impl=impl,
@@ -92,10 +95,18 @@ def test_fused_and_torch_paths_agree_beyond_the_log_ratio_clamps(scored, s):
 
 
 def test_unfusable_choices_stop_at_construction():
-    with pytest.raises(ValueError, match="kernels.impl"):
-        Objective(PolicyLoss(kind="gspo", eps_low=3e-4, eps_high=4e-4), LossAgg(), kernel_impl="triton")
-    with pytest.raises(ValueError, match="kl.estimator"):
-        Objective(PolicyLoss(), LossAgg(), kl=KLPenalty("k2", 0.1), kernel_impl="auto")
+    with pytest.raises(ValueError, match="kernels.impl=triton .*policy_loss is GSPO: use kernels=torch"):
+        Objective(GSPO(eps_low=3e-4, eps_high=4e-4), TokenMean(), kernel_impl="triton")
+    with pytest.raises(ValueError, match="kernels.impl=auto .*kl is K2: use kernels=torch"):
+        Objective(PPOClip(), TokenMean(), kl=K2(0.1), kernel_impl="auto")
+    Objective(PPOClip(), TokenMean(), kl=K2(0.0), kernel_impl="auto")  # a KL with coef 0 is never computed
+
+
+def test_empty_kl_node_means_no_kl():
+    # conf/kl/none.yaml composes to an empty node, which objective.kl=${kl} passes on
+    assert Objective(PPOClip(), TokenMean(), kl={}).kl is None
+    with pytest.raises(ValueError, match="objective.kl"):
+        Objective(PPOClip(), TokenMean(), kl={"coef": 0.1})
 
 
 def test_masked_tokens_get_zero_policy_gradient():
@@ -107,7 +118,7 @@ def test_masked_tokens_get_zero_policy_gradient():
 
     pg, _ = ppo_clip(logp, logp.detach() + 0.1, torch.tensor([1.5]), 0.2, 0.28)
     loss_mask = torch.tensor([[0.0, 1.0, 0.0]])
-    agg = LossAgg("token_mean")
+    agg = TokenMean()
     agg(pg * loss_mask, torch.ones(1, 3), agg.normalizer(torch.ones(1, 3))).backward()
     assert torch.count_nonzero(logits.grad[0, 0]) == 0
     assert torch.count_nonzero(logits.grad[0, 2]) == 0

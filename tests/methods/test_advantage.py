@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vrl.methods.advantage import Advantage, group_mean, group_zscore, rloo
+from vrl.methods.advantage import RLOO, GroupMean, GroupZScore, group_mean, group_zscore, rloo
 
 
 def test_group_zscore_hand_computed():
@@ -41,7 +41,14 @@ def test_zscore_advantages_sum_to_zero_per_group():
         assert abs(float(a[g == k].sum())) < 1e-5
 
 
+def test_classes_call_the_formulas_and_say_whether_they_normalise_scale():
+    r, g = torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long)
+    torch.testing.assert_close(GroupZScore(eps=1e-3)(r, g), group_zscore(r, g, 1e-3))
+    torch.testing.assert_close(GroupMean()(r, g, torch.ones(4, 2)), group_mean(r, g))  # the mask is not read
+    torch.testing.assert_close(RLOO()(r, g), rloo(r, g))
+    assert GroupZScore.normalises_scale and not GroupMean.normalises_scale and not RLOO.normalises_scale
+
+
 def test_config_validation_names_the_key():
-    with pytest.raises(ValueError, match="advantage.estimator"):
-        Advantage(estimator="grpo_typo")
-    assert Advantage("group_zscore").normalises_scale and not Advantage("group_mean").normalises_scale
+    with pytest.raises(ValueError, match="advantage.eps"):
+        GroupZScore(eps=-1.0)

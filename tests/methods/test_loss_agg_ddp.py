@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vrl.methods.loss_agg import LossAgg
+from vrl.methods.loss_agg import TokenMean
 
 
 def _free_port() -> int:
@@ -23,7 +23,7 @@ def _rank(rank: int, port: int, out) -> None:
         x = torch.tensor([[1.0, 2.0, 3.0]]) if rank == 0 else torch.tensor([[5.0, 5.0, 5.0]])
         mask = torch.ones(1, 3) if rank == 0 else torch.zeros(1, 3)
         w = torch.ones(3, requires_grad=True)
-        agg = LossAgg("token_mean")
+        agg = TokenMean()
         norm = agg.normalizer(mask)
         dist.all_reduce(norm)  # the loop's strategy.reduce(normalizer, "mean"): sum / world
         norm = norm / 2

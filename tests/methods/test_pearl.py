@@ -6,7 +6,7 @@ import torch
 from vrl.data.checklist import ProbeItem
 from vrl.lit.loss import MAX_BRANCHES
 from vrl.methods.filters import group_keep_mask
-from vrl.methods.loss_agg import LossAgg
+from vrl.methods.loss_agg import SeqMeanTokenMean, TokenMean
 from vrl.methods.pearl import PEARL, fidelity_gate, probe_means, reweight, score_probe_response
 from vrl.types import Rollout, attach_branch
 
@@ -109,20 +109,18 @@ def test_per_sequence_normaliser_averages_each_branch_on_its_own():
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     # branch 0 rows 0-1: 3 tokens, sum 1 + 2 + 3 = 6 -> 6 / 3 = 2; branch 1 row 2: 2 tokens, 30 / 2 = 15
     norm = torch.tensor([3.0, 3.0, 2.0])
-    assert LossAgg("token_mean")(per_token, mask, norm).item() == pytest.approx(2 + 15)
+    assert TokenMean()(per_token, mask, norm).item() == pytest.approx(2 + 15)
     # seq_mean_token_mean: branch 0 sequences (1.5, 3) over 2 sequences = 2.25; branch 1: 15 / 1 = 15
-    assert LossAgg("seq_mean_token_mean")(per_token, mask, torch.tensor([2.0, 2.0, 1.0])).item() == pytest.approx(
-        2.25 + 15
-    )
+    assert SeqMeanTokenMean()(per_token, mask, torch.tensor([2.0, 2.0, 1.0])).item() == pytest.approx(2.25 + 15)
 
 
 def test_objective_normaliser_has_one_entry_per_branch():
     from vrl.lit.loss import Objective
-    from vrl.methods.policy_loss import PolicyLoss
+    from vrl.methods.policy_loss import PPOClip
 
     r = attach_branch(_rollout(2, [0, 0], {}), _rollout(1, [0], {}), pad_id=0)
     r.response_mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
-    norm = Objective(PolicyLoss(), LossAgg("token_mean")).normalizer(r)
+    norm = Objective(PPOClip(), TokenMean()).normalizer(r)
     # main tokens 2 + 1 = 3, probe tokens 2, empty branches 0 (clamped only after the DDP reduction)
     assert norm.tolist() == [3.0, 2.0] + [0.0] * (MAX_BRANCHES - 2)
 

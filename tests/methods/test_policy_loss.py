@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vrl.methods.policy_loss import PolicyLoss, gspo, ppo_clip
+from vrl.methods.policy_loss import GSPO, PPOClip, gspo, ppo_clip
 
 
 def test_positive_advantage_ratio_clipped_at_one_plus_eps_high():
@@ -86,9 +86,23 @@ def test_gspo_uses_length_normalised_sequence_ratio():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "key"),
-    [({"eps_low": -0.1}, "eps_low"), ({"dual_clip": 0.5}, "dual_clip"), ({"kind": "ppo2"}, "kind")],
+    ("cls", "kwargs", "key"),
+    [
+        (PPOClip, {"eps_low": -0.1}, "eps_low"),
+        (PPOClip, {"dual_clip": 0.5}, "dual_clip"),
+        (GSPO, {"eps_low": 1.0}, "eps_low"),
+    ],
 )
-def test_invalid_values_name_the_key(kwargs, key):
+def test_invalid_values_name_the_key(cls, kwargs, key):
     with pytest.raises(ValueError, match=f"policy_loss.{key}"):
-        PolicyLoss(**kwargs)
+        cls(**kwargs)
+
+
+def test_classes_call_the_functions_and_say_what_the_kernel_fuses():
+    lp, old, adv, mask = torch.tensor([[0.3, -0.2]]), torch.zeros(1, 2), torch.tensor([-1.0]), torch.ones(1, 2)
+    torch.testing.assert_close(
+        PPOClip(0.2, 0.28, 3.0)(lp, old, adv, mask)[0], ppo_clip(lp, old, adv, 0.2, 0.28, 3.0)[0]
+    )
+    torch.testing.assert_close(GSPO()(lp, old, adv, mask)[0], gspo(lp, old, adv, mask, 3e-4, 4e-4)[0])
+    assert PPOClip(0.2, 0.28, 3.0).fused == {"eps_low": 0.2, "eps_high": 0.28, "dual_clip": 3.0}
+    assert GSPO().fused is None  # the kernel computes token ratios only

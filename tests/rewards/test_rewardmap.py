@@ -166,7 +166,7 @@ def test_validate_warns_where_w_cancels(compose, caplog, tmp_path):
     assert warnings_of(compose, caplog, ["+method=rewardmap"], tmp_path) == []
     published = ["+method=rewardmap", "reward.rewardmap.weight_after_norm=false", "hooks.difficulty_weight=null"]
     (message,) = warnings_of(compose, caplog, published, tmp_path)
-    assert "group_zscore divides it out" in message and "weight_after_norm=true" in message
+    assert "advantage.GroupZScore divides it out" in message and "weight_after_norm=true" in message
     assert warnings_of(compose, caplog, [*published, "advantage=group_mean"], tmp_path) == []  # no std: W matters
     (twice,) = warnings_of(compose, caplog, ["+method=rewardmap", "reward.rewardmap.weight_after_norm=false"], tmp_path)
     assert "applied twice" in twice

@@ -19,17 +19,20 @@ MAX_BRANCHES = 4
 
 @dataclass
 class Objective:
-    """Everything that turns a scored micro-batch into a scalar loss.
+    """Everything that turns a scored micro-batch into a scalar loss (the ``objective`` node of
+    ``conf/train.yaml``, which interpolates the three groups, ``rollout.temperature`` and ``kernels.impl``).
 
     Args:
-        policy_loss: clipped surrogate (``conf/policy_loss``).
-        loss_agg: token/sequence averaging (``conf/loss_agg``).
-        kl: KL-to-reference term, or None.
+        policy_loss: per-token surrogate (``conf/policy_loss``; ``vrl.methods.policy_loss.PolicyLoss``).
+        loss_agg: token/sequence averaging (``conf/loss_agg``; ``vrl.methods.loss_agg.LossAgg``).
+        kl: KL-to-reference term (``conf/kl``; ``vrl.methods.kl.KLPenalty``), or None; an empty node
+            (``kl=none``) becomes None.
         entropy_coef: > 0 adds an entropy bonus (loss -= c*H), < 0 a penalty; 0 skips computing H.
         nll_coef: adds c * (-log p(y_t)) of the sampled tokens: VPPO's "entropy penalty" (0.06 for 7B), a
             single-sample estimate of the entropy, which lowers it when c > 0.
         temperature: the sampling temperature (log-probs are scored at the distribution sampled from).
-        kernel_impl: ``torch`` or a ``vrl_kernels`` implementation for the vocabulary statistics.
+        kernel_impl: ``torch``, or ``auto``/``triton``: the fused ``vrl_kernels.masked_grpo_loss``, which computes
+            the losses whose ``fused`` property is not None (PPO-clip, k3) with the loss_agg's ``token_weights``.
         suppress_ids: token ids the sampler cannot emit (set by the module from the tokenizer).
     """
 
@@ -43,19 +46,27 @@ class Objective:
     suppress_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if not self.kl:  # conf/kl/none.yaml composes to an empty node: no KL term, no reference model
+            self.kl = None
+        elif not callable(self.kl):
+            raise ValueError(f"objective.kl: expected a KL estimator (conf/kl, a _target_ node) or null, got {self.kl}")
         if self.kernel_impl not in ("torch", "auto", "triton"):
             raise ValueError(f"kernels.impl={self.kernel_impl!r}; choose torch, auto or triton")
         if self.kernel_impl != "torch":
-            if self.policy_loss.kind != "ppo_clip":
+            unfused = [
+                f"{key} is {type(obj).__name__}"
+                for key, obj in (("policy_loss", self.policy_loss), ("kl", self.kl if self._use_kl else None))
+                if obj is not None and obj.fused is None
+            ]
+            if unfused:
                 raise ValueError(
-                    f"kernels.impl={self.kernel_impl} fuses ppo_clip only; policy_loss.kind is "
-                    f"{self.policy_loss.kind!r}: use kernels=torch"
+                    f"kernels.impl={self.kernel_impl} fuses ppo_clip and k3 only; {' and '.join(unfused)}: "
+                    "use kernels=torch"
                 )
-            if self.kl is not None and self.kl.coef > 0 and self.kl.estimator != "k3":
-                raise ValueError(
-                    f"kernels.impl={self.kernel_impl} fuses the k3 KL only; kl.estimator is "
-                    f"{self.kl.estimator!r}: use kernels=torch or kl=k3"
-                )
+
+    @property
+    def _use_kl(self) -> bool:
+        return self.kl is not None and self.kl.coef > 0
 
     def normalizer(self, mini: Rollout, max_len: int | None = None) -> torch.Tensor:
         """The mini-batch loss denominator: a scalar, or [MAX_BRANCHES] (one per branch) when auxiliary
@@ -98,7 +109,7 @@ class Objective:
         }
         # auxiliary branches (PEARL's probes) carry their policy-gradient term only, as published
         main = mask if micro.branch is None else mask * (micro.branch == 0).to(mask.dtype)[:, None]
-        if self.kl is not None and self.kl.coef > 0:
+        if self._use_kl:
             kl = self.kl(logprobs, micro.ref_logprobs) * main
             per_token = per_token + self.kl.coef * kl
             stats["kl_sum"] = (kl.detach() * mask).sum()
@@ -118,10 +129,8 @@ class Objective:
 
         targets = response_targets(micro)
         mask = micro.norm_mask if micro.norm_mask is not None else micro.response_mask
-        weights = mask
-        if self.loss_agg.mode == "seq_mean_token_mean":  # each sequence's tokens share weight 1 / L_i
-            weights = mask / mask.sum(-1, keepdim=True).clamp(min=1)
-        use_kl = self.kl is not None and self.kl.coef > 0
+        weights = self.loss_agg.token_weights(mask)
+        use_kl = self._use_kl
         if micro.branch is not None and (use_kl or self.entropy_coef or self.nll_coef):
             raise ValueError(
                 "kernels.impl: the fused loss applies KL/entropy/nll terms to every row, but auxiliary rollout "
@@ -137,10 +146,8 @@ class Objective:
         loss, st = masked_grpo_loss(
             logits, targets, old, micro.advantages, loss_mask, weights, normalizer,
             ref_logprobs=micro.ref_logprobs if use_kl else None, beta=self.kl.coef if use_kl else 0.0,
-            entropy_coef=self.entropy_coef, nll_coef=self.nll_coef,
-            eps_low=self.policy_loss.eps_low, eps_high=self.policy_loss.eps_high,
-            dual_clip=self.policy_loss.dual_clip, kl_clamp=self.kl.k3_clamp if use_kl else None,
-            impl=self.kernel_impl,
+            entropy_coef=self.entropy_coef, nll_coef=self.nll_coef, **self.policy_loss.fused,
+            **(self.kl.fused if use_kl else {"kl_clamp": None}), impl=self.kernel_impl,
         )  # fmt: skip
         tokens, kept = mask.sum(), (loss_mask * mask).sum()
         stats = {"clipped_sum": st["clip_frac"] * kept, "kept_tokens": kept, "tokens": tokens}

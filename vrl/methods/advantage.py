@@ -2,11 +2,15 @@
 
 Shapes: N = B*G sequences; ``group_ids`` [N] maps each sequence to its prompt. Groups need not be
 contiguous or equal-sized (filters may drop sequences), so statistics are taken with scatter ops.
+
+The formulas are pure functions; each config option (``conf/advantage/<option>.yaml``) targets one small
+frozen dataclass that calls them (the ``Advantage`` protocol).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
 
@@ -57,34 +61,56 @@ def rloo(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     return (scale * (rewards.double() - mean)).float()
 
 
-ESTIMATORS = {"group_zscore": group_zscore, "group_mean": group_mean, "rloo": rloo}
+class Advantage(Protocol):
+    """What the loop calls (``conf/advantage/<option>.yaml`` targets one of the classes below).
+
+    ``normalises_scale`` says whether a per-group multiplicative reward weight cancels out (std normalisation);
+    RewardMap's check reads it.
+    """
+
+    normalises_scale: bool
+
+    def __call__(
+        self, rewards: torch.Tensor, group_ids: torch.Tensor, response_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """rewards [N], group_ids [N], response_mask [N, L] (token-level estimators) -> advantages [N] float32."""
+        ...
 
 
 @dataclass(frozen=True)
-class Advantage:
-    """Config-facing advantage estimator (``conf/advantage/``).
+class GroupZScore:
+    """GRPO (DeepSeekMath, arXiv 2402.03300): (r - mean_g) / (std_g + eps).
 
     Args:
-        estimator: ``group_zscore`` (GRPO, DeepSeekMath arXiv 2402.03300), ``group_mean``
-            (Dr. GRPO, arXiv 2503.20783) or ``rloo`` (Ahmadian et al., arXiv 2402.14740).
-        eps: denominator guard for ``group_zscore``.
+        eps: denominator guard; keeps a group of equal rewards finite (its advantage is 0).
     """
 
-    estimator: str = "group_zscore"
     eps: float = 1e-6
+    normalises_scale: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"advantage.estimator={self.estimator!r}; choose one of {sorted(ESTIMATORS)}")
         if self.eps < 0:
             raise ValueError(f"advantage.eps must be >= 0, got {self.eps}")
 
-    @property
-    def normalises_scale(self) -> bool:
-        """True when a per-group multiplicative reward weight cancels out (std normalisation)."""
-        return self.estimator == "group_zscore"
+    def __call__(self, rewards, group_ids, response_mask=None) -> torch.Tensor:
+        return group_zscore(rewards, group_ids, self.eps)
 
-    def __call__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-        if self.estimator == "group_zscore":
-            return group_zscore(rewards, group_ids, self.eps)
-        return ESTIMATORS[self.estimator](rewards, group_ids)
+
+@dataclass(frozen=True)
+class GroupMean:
+    """Dr. GRPO (arXiv 2503.20783): r - mean_g, no std."""
+
+    normalises_scale: ClassVar[bool] = False
+
+    def __call__(self, rewards, group_ids, response_mask=None) -> torch.Tensor:
+        return group_mean(rewards, group_ids)
+
+
+@dataclass(frozen=True)
+class RLOO:
+    """RLOO (Ahmadian et al., arXiv 2402.14740): r - mean of the other G - 1 rewards."""
+
+    normalises_scale: ClassVar[bool] = False
+
+    def __call__(self, rewards, group_ids, response_mask=None) -> torch.Tensor:
+        return rloo(rewards, group_ids)

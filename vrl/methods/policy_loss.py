@@ -9,11 +9,15 @@ log-ratio to at most 10 (``GSPO_LOG_RATIO_MAX``, verl's ``compute_policy_loss_gs
 nothing changes; beyond them the ratio is constant (zero gradient) instead of growing to inf, where
 -A * inf with A = 0 (an all-equal group) made the loss NaN. ``vrl_kernels.masked_grpo_loss`` applies the same
 clamp.
+
+Each option (``conf/policy_loss/<option>.yaml``) targets one small class that calls these functions (the
+``PolicyLoss`` protocol); its ``fused`` property says whether the fused kernel can compute it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -86,33 +90,74 @@ def gspo(
     return loss, {"clipped": (clipped > unclipped).detach()}
 
 
+class PolicyLoss(Protocol):
+    """What the objective calls (``conf/policy_loss/<option>.yaml`` targets one of the classes below)."""
+
+    def __call__(
+        self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """[n, L], [n, L], [n], [n, L] -> per-token loss [n, L] and ``{"clipped": bool [n, L]}``."""
+        ...
+
+    @property
+    def fused(self) -> dict[str, Any] | None:
+        """Keyword arguments of ``vrl_kernels.masked_grpo_loss`` (eps_low, eps_high, dual_clip) when the fused
+        kernel computes this loss, else None (``kernels=torch`` only)."""
+        ...
+
+
+def _check_clip(eps_low: float, eps_high: float) -> None:
+    if eps_low < 0 or eps_high < 0:
+        raise ValueError(f"policy_loss.eps_low/eps_high must be >= 0, got {eps_low}/{eps_high}")
+    if eps_low >= 1:
+        raise ValueError(f"policy_loss.eps_low must be < 1 (ratio floor 1-eps_low > 0), got {eps_low}")
+
+
 @dataclass(frozen=True)
-class PolicyLoss:
-    """Config-facing policy objective (``conf/policy_loss/``).
+class PPOClip:
+    """PPO clipped surrogate (arXiv 1707.06347), clip-higher from DAPO (arXiv 2503.14476), optional dual clip.
 
     Args:
-        kind: ``ppo_clip`` (PPO, arXiv 1707.06347; clip-higher from DAPO, arXiv 2503.14476) or ``gspo``.
-        eps_low: lower clip range (PPO default 0.2; GSPO 3e-4).
-        eps_high: upper clip range (DAPO clip-higher 0.28; GSPO 4e-4).
-        dual_clip: dual-clip constant c > 1 for negative advantages, or null (ppo_clip only).
+        eps_low: lower clip range, ratio >= 1 - eps_low (PPO 0.2).
+        eps_high: upper clip range, ratio <= 1 + eps_high (DAPO clip-higher 0.28).
+        dual_clip: dual-clip constant c > 1 for negative advantages (Ye et al., arXiv 1912.09729), or null.
     """
 
-    kind: str = "ppo_clip"
     eps_low: float = 0.2
     eps_high: float = 0.2
     dual_clip: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("ppo_clip", "gspo"):
-            raise ValueError(f"policy_loss.kind={self.kind!r}; choose ppo_clip or gspo")
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError(f"policy_loss.eps_low/eps_high must be >= 0, got {self.eps_low}/{self.eps_high}")
-        if self.eps_low >= 1:
-            raise ValueError(f"policy_loss.eps_low must be < 1 (ratio floor 1-eps_low > 0), got {self.eps_low}")
+        _check_clip(self.eps_low, self.eps_high)
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ValueError(f"policy_loss.dual_clip must be > 1 or null, got {self.dual_clip}")
 
-    def __call__(self, logprobs, old_logprobs, advantages, response_mask):
-        if self.kind == "gspo":
-            return gspo(logprobs, old_logprobs, advantages, response_mask, self.eps_low, self.eps_high)
+    @property
+    def fused(self) -> dict[str, Any]:
+        return {"eps_low": self.eps_low, "eps_high": self.eps_high, "dual_clip": self.dual_clip}
+
+    def __call__(self, logprobs, old_logprobs, advantages, mask):
         return ppo_clip(logprobs, old_logprobs, advantages, self.eps_low, self.eps_high, self.dual_clip)
+
+
+@dataclass(frozen=True)
+class GSPO:
+    """GSPO (Zheng et al., arXiv 2507.18071): one length-normalised sequence ratio per response.
+
+    Args:
+        eps_low: lower clip range of the sequence ratio (paper 3e-4).
+        eps_high: upper clip range (paper 4e-4).
+    """
+
+    eps_low: float = 3e-4
+    eps_high: float = 4e-4
+
+    def __post_init__(self) -> None:
+        _check_clip(self.eps_low, self.eps_high)
+
+    @property
+    def fused(self) -> None:
+        return None  # the kernel computes token ratios only
+
+    def __call__(self, logprobs, old_logprobs, advantages, mask):
+        return gspo(logprobs, old_logprobs, advantages, mask, self.eps_low, self.eps_high)

@@ -263,7 +263,7 @@ class RewardMap:
                 "set %s.weight_after_norm=true and add a DifficultyWeight hook (as +method=rewardmap does) to "
                 "apply it after normalisation, or use an advantage without std (group_mean, rloo)",
                 where,
-                cfg.advantage.get("estimator", cfg.advantage.get("_target_")),
+                cfg.advantage.get("_target_"),
                 path,
             )
         elif after_norm and not hooks:
