@@ -315,7 +315,7 @@ def instrument_vrl(module, timer: StageTimer) -> None:
     module.prompts.next_batch = timer.wrap("data: next_batch (rows, PNG decode)", module.prompts.next_batch)
     instrument_model(module.vlm.model, timer)
     module.vlm.model.generate = timer.wrap("rollout: model.generate", module.vlm.model.generate)
-    module.rollout_engine.generate = timer.wrap("rollout: HFRollout.generate", module.rollout_engine.generate)
+    module.sampler.generate = timer.wrap("rollout: HFRollout.generate", module.sampler.generate)
     module.reward = _TimedProxy(module.reward, timer, "reward")
     module.advantage = _TimedProxy(module.advantage, timer, "advantage")
     module.score_passes = timer.wrap("score passes (old/ref log-probs)", module.score_passes)

@@ -26,6 +26,7 @@ GROUP_OPTIONS = [
         "reward",
         "scheduler",
         "kernels",
+        "callbacks",
         "lora",
         "experiment",
     )

@@ -22,6 +22,7 @@ from vrl.validate import ConfigError, validate_config
         (["policy_loss.eps_high=abc"], "^policy_loss.eps_high: expected float"),  # not objective.policy_loss...
         (["+update.entropy_coef=0.1"], "update.entropy_coef: unknown key"),  # moved to objective.entropy_coef
         (["objective.nll_coef=abc"], "objective.nll_coef: expected float"),
+        (["callbacks.lr_monitor=3"], "callbacks.lr_monitor: expected a node with a _target_"),
         (["kernels=triton", "kl=k2"], "kl is K2: use kernels=torch"),
         (["+reward.acc2={_target_:vrl.rewards.Accuracy,weight:one}"], "reward.acc2.weight"),
         (["+method=dapo", "hooks.dynamic_sampling.keys=[correctness]"], "hooks.dynamic_sampling.keys"),

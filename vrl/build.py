@@ -6,6 +6,7 @@ classes never see the config object.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from hydra.utils import instantiate
@@ -13,6 +14,8 @@ from omegaconf import DictConfig
 
 from vrl.lit.rl_module import RLModule
 from vrl.rewards.combine import RewardSet
+
+log = logging.getLogger("vrl")
 
 
 def _optional(node: Any) -> Any:
@@ -51,18 +54,39 @@ def build_module(cfg: DictConfig) -> RLModule:
 
 
 def build_trainer(cfg: DictConfig, logger: Any = None, callbacks: list | None = None):
-    """The Lightning Trainer from ``conf/trainer`` plus vrl's checkpointing (crash-safe, signal-aware)."""
-    from lightning.pytorch.callbacks import TQDMProgressBar
+    """The Lightning Trainer from ``conf/trainer``, with the ``conf/callbacks`` group's callbacks and ``callbacks``
+    (a ``Checkpoints`` passed here replaces the config's)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from vrl.lit.checkpoint import AtomicCheckpointIO, Checkpoints
 
-    extra = [TQDMProgressBar(refresh_rate=5)] if cfg.trainer.get("enable_progress_bar", True) else []
-    if not any(isinstance(c, Checkpoints) for c in callbacks or []):
-        extra.append(Checkpoints(f"{cfg.output_dir}/checkpoints", every_n_steps=cfg.get("ckpt_every", 20)))
+    extra = list(callbacks or [])
+    made = instantiate_callbacks(cfg.get("callbacks"), logger, cfg.trainer.get("enable_progress_bar", True))
+    if any(isinstance(c, Checkpoints) for c in extra):
+        made = [c for c in made if not isinstance(c, Checkpoints)]
+    every = [*made, *extra]
     return instantiate(
         cfg.trainer,
         logger=logger if logger is not None else False,
-        callbacks=[*extra, *(callbacks or [])],
+        callbacks=every,
         plugins=[AtomicCheckpointIO()],  # write next to the target, fsync, keep the previous checkpoint
-        enable_checkpointing=False,  # no default ModelCheckpoint: Checkpoints above is the only writer
+        # no default ModelCheckpoint: vrl's Checkpoints is the writer (one a user adds by config is kept)
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in every),
     )
+
+
+def instantiate_callbacks(node: Any, logger: Any, progress_bar: bool) -> list:
+    """Every non-null entry of the ``callbacks`` group, except the two Lightning would reject: an LR monitor
+    without a logger (it raises), a progress bar with ``trainer.enable_progress_bar=false``."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+
+    out = []
+    for name, entry in (node or {}).items():
+        if not entry:
+            continue
+        callback = instantiate(entry)
+        if isinstance(callback, LearningRateMonitor) and logger is None:
+            log.info("callbacks.%s: LearningRateMonitor left out (no logger); train/lr is logged by the module", name)
+        elif not (isinstance(callback, ProgressBar) and not progress_bar):
+            out.append(callback)
+    return out

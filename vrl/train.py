@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vrl.utils.threads import configure_threads
 
@@ -68,7 +68,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         sweep_parent,
     )
 
-    checkpoints = Path(cfg.output_dir) / "checkpoints"
+    checkpoints = Path(OmegaConf.select(cfg, "callbacks.checkpoints.dirpath") or f"{cfg.output_dir}/checkpoints")
     resume_from, resumed = resolve_resume(cfg.ckpt_path, checkpoints)  # a bad ckpt_path stops here, in one line
     logger = _logger(cfg, resumed.get("mlflow_run_id"))  # a dead tracking server too, before the model is built
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -85,12 +85,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
             log_run_metadata(logger, cfg, cfg.output_dir, tags)
         module.rollout_logger = RolloutTableLogger(logger)
     console = _console(cfg)
-    keeper = Checkpoints(checkpoints, every_n_steps=cfg.ckpt_every)
-    trainer = build_trainer(cfg, logger, callbacks=[keeper, *([console] if console else [])])
+    trainer = build_trainer(cfg, logger, callbacks=[console] if console else [])
+    keeper = next((c for c in trainer.callbacks if isinstance(c, Checkpoints)), None)  # conf/callbacks
     try:
         trainer.fit(module, ckpt_path=resume_from)
     except SystemExit:
-        if keeper.signal is None:
+        if keeper is None or keeper.signal is None:
             raise
         _stopped_by_signal(keeper, logger, cfg.output_dir, trainer.global_step)
     policy_dir = None

@@ -61,6 +61,7 @@ def check_keys(cfg: DictConfig) -> list[tuple[str, dict]]:
     _check_top_level(tree)
     for block, (targets, types_) in PLAIN_BLOCKS.items():
         _check_plain_block(block, tree.get(block), targets, types_)
+    _check_callbacks(tree.get("callbacks"))
     aliases = _aliases(cfg)
     nodes = [(path, node) for path, node in _targets(tree) if not _under(path, aliases)]
     allowed = allowed_target_prefixes()
@@ -94,6 +95,17 @@ def _under(path: str, prefixes: set[str]) -> bool:
     return any(path == p or path.startswith((f"{p}.", f"{p}[")) for p in prefixes)
 
 
+def _check_callbacks(node: Any) -> None:
+    """``callbacks`` (conf/callbacks) is a mapping of named ``_target_`` nodes; null switches one off."""
+    if node is None:
+        return
+    if not isinstance(node, dict):
+        raise ConfigError(f"callbacks: expected a mapping of named callbacks, got {node!r}")
+    for name, entry in node.items():
+        if entry is not None and not (isinstance(entry, dict) and "_target_" in entry):
+            raise ConfigError(f"callbacks.{name}: expected a node with a _target_ (or null to switch it off)")
+
+
 #: Packages whose callables a config may name in ``_target_``. Hydra imports and calls whatever a config
 #: names, so a config from elsewhere could otherwise run any function on this machine; user code is one
 #: explicit opt-in away: ``export VRL_ALLOWED_TARGETS=mypkg`` (comma-separated package names).
@@ -111,11 +123,12 @@ TOP_LEVEL = {
     "seed": int,
     "run_name": (str, type(None)),
     "output_dir": str,
-    "ckpt_every": int,
+    "ckpt_every": int,  # alias of callbacks.checkpoints.every_n_steps
     "ckpt_path": (str, type(None)),
     "save_policy": bool,
     "merge_lora": bool,
     "objective": dict,  # vrl.lit.loss.Objective (a _target_ node, checked with the others)
+    "callbacks": (dict, type(None)),  # conf/callbacks: named _target_ nodes
 }
 
 #: Plain blocks (no ``_target_``) -> the constructors their keys reach, and keys with their own types.

@@ -49,7 +49,7 @@ class Record(L.Callback):
         else:
             row |= {
                 "reward": float(m["rollout/reward_mean"]),
-                "G": module.rollout_engine.group_size,
+                "G": module.sampler.group_size,
                 "formats": module.prompts.dataset.spec.synthetic.formats,
                 "terms": tuple(module.reward.terms),
                 "label_set": isinstance(module.reward.terms["accuracy"], LabelSetAccuracy),

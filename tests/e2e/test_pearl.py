@@ -51,14 +51,13 @@ def _driven(compose, tiny_overrides, extra):
     build_trainer(cfg)
     module.prompts = PromptSource(module.train_data, module.batch_size, seed=0)
     module.objective.suppress_ids = []
-    module.log_dict = lambda *a, **k: None  # no trainer loop: metrics are not the point here
     return module
 
 
 def test_gate_drops_prompts_before_reasoning_and_refills(compose, tiny_overrides):
     # threshold 1: no prompt's mean probe score exceeds it; bypass 0: the gate always applies
     module = _driven(compose, tiny_overrides, ["hooks.pearl.gate_threshold=1.0", "hooks.pearl.bypass_prob=0.0"])
-    assert module.make_rollout() is None
+    assert module.make_rollout(module.context()) is None
     # max_tries = 3 draws of B = 2 prompts, none of which reached generation
     assert module.prompts.rows_drawn == 6
     assert module._sampling_stats == {"rollout/kept_group_frac": 0.0, "rollout/generate_calls": 3}
@@ -66,8 +65,9 @@ def test_gate_drops_prompts_before_reasoning_and_refills(compose, tiny_overrides
 
 def test_vppo_shapes_only_the_main_branch(compose, tiny_overrides):
     module = _driven(compose, tiny_overrides, ["hooks.pearl.gate=false", "rollout.max_new_tokens=6"])
-    rollout = module.make_rollout()
-    module.score_passes(rollout)
+    ctx = module.context()
+    rollout = module.make_rollout(ctx)
+    module.score_passes(rollout, ctx)
     probe = rollout.branch == 1
     assert probe.sum() == 2 * 3  # B x G_p
     assert torch.equal(rollout.extras["vppo_token_mask"][probe], rollout.response_mask[probe])
@@ -81,15 +81,16 @@ def test_vppo_shapes_only_the_main_branch(compose, tiny_overrides):
 
 def test_zero_probe_coef_leaves_the_main_gradient_untouched(compose, tiny_overrides):
     module = _driven(compose, tiny_overrides, ["hooks.pearl.gate=false", "hooks.pearl.probe_coef=0.0"])
-    rollout = module.make_rollout()
-    module.score_passes(rollout)
+    ctx = module.context()
+    rollout = module.make_rollout(ctx)
+    module.score_passes(rollout, ctx)
     rollout.advantages = module.advantage(rollout.rewards, rollout.advantage_groups())
-    rollout.advantages = module.hooks.transform_advantages(rollout, module)
-    rollout.loss_mask = module.hooks.token_mask(rollout, module)
+    rollout.advantages = rollout.advantages * module.hooks.advantage_factor(rollout, ctx)
+    rollout.loss_mask, rollout.norm_mask = module.hooks.token_weights(rollout, ctx)
 
     def grads(r):
         module.policy.zero_grad(set_to_none=True)
-        norm = module.objective.normalizer(r, module.rollout_engine.max_new_tokens)
+        norm = module.objective.normalizer(r, module.sampler.max_new_tokens)
         if r.branch is not None:
             norm = norm[r.branch]
         loss, _, _ = module.objective(module.policy, r, norm)

@@ -52,10 +52,9 @@ def test_top_k_mask_keeps_ceil_rho_of_each_response(compose, tiny_overrides):
     build_trainer(cfg)  # attaches nothing; the module is driven by hand below
     hook = next(h for h in module.hooks.hooks if isinstance(h, VPPO))
     module.objective.suppress_ids = []
-    rollout = module.rollout_engine.generate(module.vlm, [module.train_data[i] for i in range(2)])
+    rollout = module.sampler.generate(module.vlm, [module.train_data[i] for i in range(2)])
     rollout.old_logprobs = torch.zeros_like(rollout.response_mask)  # dependency = k3 of lp' - 0
-    module.log_dict = lambda *a, **k: None  # no trainer attached: metrics are not the point here
-    hook.extra_pass(rollout, module)
+    rollout.extras.update(hook.extra_pass(rollout, module.context()).extras)
     lengths = rollout.response_mask.sum(-1).long().tolist()
     kept = rollout.extras["vppo_token_mask"].sum(-1).long().tolist()
     # k = ceil(0.4 * L) per response: L = 6 -> 3, 5 -> 2, 3 -> 2, 1 -> 1
@@ -73,9 +72,8 @@ def test_released_scale_scope_uses_the_loops_mini_and_micro_batch_sizes(compose,
     build_trainer(cfg)
     hook = next(h for h in module.hooks.hooks if isinstance(h, VPPO))
     module.objective.suppress_ids = []
-    rollout = module.rollout_engine.generate(module.vlm, [module.train_data[i] for i in range(2)])
-    module.log_dict = lambda *a, **k: None
-    hook.extra_pass(rollout, module)
+    rollout = module.sampler.generate(module.vlm, [module.train_data[i] for i in range(2)])
+    rollout.extras.update(hook.extra_pass(rollout, module.context()).extras)
     score, valid = rollout.extras["vppo_seq_score"], rollout.response_mask.sum(-1) > 0
     want = scoped_alpha(score, valid, 0.9, "released", chunk=2, mini_chunk=4)
     torch.testing.assert_close(rollout.extras["vppo_alpha"], want.to(rollout.extras["vppo_alpha"].dtype))
@@ -94,13 +92,11 @@ def test_paired_pass_matches_two_passes(compose, tiny_overrides):
     hook = next(h for h in module.hooks.hooks if isinstance(h, VPPO))
     assert hook.paired_pass and not hook.needs_old_logprobs  # the loop leaves the old log-probs to the hook
     module.objective.suppress_ids = []
-    module.log_dict = lambda *a, **k: None
-    rollout = module.rollout_engine.generate(module.vlm, [module.train_data[i] for i in range(2)])
-    paired = replace(rollout, extras={})
-    hook.extra_pass(paired, module)
-    separate = replace(rollout, extras={})
-    separate.old_logprobs = score_logprobs(module.policy, rollout, 1.0, module.micro_batch_size)
-    hook.extra_pass(separate, module)
-    assert torch.allclose(paired.old_logprobs, separate.old_logprobs, atol=1e-5)
+    rollout = module.sampler.generate(module.vlm, [module.train_data[i] for i in range(2)])
+    paired = hook.extra_pass(replace(rollout, extras={}), module.context())
+    separate_old = score_logprobs(module.policy, rollout, 1.0, module.micro_batch_size)
+    separate = hook.extra_pass(replace(rollout, extras={}, old_logprobs=separate_old), module.context())
+    assert separate.old_logprobs is None  # the loop's own pass scored them: nothing to hand back
+    assert torch.allclose(paired.old_logprobs, separate_old, atol=1e-5)
     assert torch.allclose(paired.extras["visual_dependency"], separate.extras["visual_dependency"], atol=1e-4)
     assert paired.extras["visual_dependency"].sum() > 0

@@ -7,23 +7,21 @@ import pytest
 import torch
 
 from vrl.build import build_module, build_trainer
-from vrl.hooks import HookSet
+from vrl.hooks import Hook, HookSet
 
 LENGTH_REWARD = "+reward.length={_target_:vrl.rewards.LengthPenalty,target:12}"
 
 
-class NaNLoss:
+class NaNLoss(Hook):
     """An extra loss term that turns non-finite on chosen steps (a stand-in for a numerical blow-up)."""
-
-    order = 0
 
     def __init__(self, bad_calls: set[int]):
         self.bad_calls, self.calls = bad_calls, -1
 
-    def on_step_start(self, step, module):
+    def on_step_start(self, ctx):
         self.calls += 1  # RL steps, counted here because a skipped step does not advance global_step
 
-    def extra_loss(self, micro, out, normalizer, module):
+    def extra_loss(self, micro, out, normalizer, ctx):
         return out["logits"].sum() * (float("nan") if self.calls in self.bad_calls else 0.0), {}
 
 
@@ -87,7 +85,7 @@ def test_teacher_forced_logprobs_equal_the_sampling_distribution(compose, tiny_o
     from vrl.rollout.prompts import encode_prompts
 
     cfg, module = _module(compose, tiny_overrides + ["data.train.tasks=[color,count]", "data.train.formats=[open]"])
-    vlm, engine = module.vlm, module.rollout_engine
+    vlm, engine = module.vlm, module.sampler
     rows = [module.train_data[i] for i in range(2)]
     torch.manual_seed(3)
     rollout = engine.generate(vlm, rows, greedy=True)  # greedy: the same tokens again below

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -54,7 +55,8 @@ def test_rejection_sample_maps_candidates_back_to_their_prompts_and_keeps_those_
         }
     )
     reward = RewardSet({"length": LengthTerm()})
-    kept, stats = rejection_sample(engine, None, data, [0, 1, 2], 4, reward, 0.25, prompts_per_call=2)
+    generate = functools.partial(engine.generate, None)  # what the loop hands over as ctx.generate
+    kept, stats = rejection_sample(generate, data, [0, 1, 2], 4, reward, 0.25, prompts_per_call=2)
     assert kept == [(0, "abc"), (0, "abcd"), (1, "wxyz")]
     assert engine.calls == 2  # 3 prompts, 2 per call
     assert stats["sft/candidates"] == 12 and stats["sft/kept"] == 3

@@ -1,4 +1,5 @@
-"""StageScheduler on a stand-in module: switch rules, what a stage changes, state round trips."""
+"""StageScheduler driven as the loop drives it (a hand-made StepContext, the loop's RunSettings applying what
+it returns): switch rules, what a stage changes, state round trips."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from vrl.lit import stages
+from vrl.data.source import PromptSource
+from vrl.hooks import StepContext
+from vrl.lit.context import RunSettings, sampling_of
 from vrl.lit.stages import MetricRule, Stage, StageScheduler
 from vrl.rewards.combine import RewardSet
 from vrl.rollout.hf import HFRollout
@@ -25,31 +28,47 @@ class Term:
 
 
 class FakeModule:
-    """The attributes of RLModule that the scheduler reads and writes."""
+    """The state RLModule keeps for stages (sampler, objective temperature, batch size, reward, prompts, lr),
+    and what it does at a step's start: reset to the run's settings, ask the hook, apply what it returns."""
 
-    def __init__(self, train_data=None, batch_size=2):
-        self.rollout_engine = HFRollout(group_size=4, max_new_tokens=8, temperature=1.0, top_p=1.0)
+    def __init__(self, train_data=None, batch_size=2, sampler=None):
+        self.sampler = sampler or HFRollout(group_size=4, max_new_tokens=8, temperature=1.0, top_p=1.0)
         self.objective = SimpleNamespace(temperature=1.0)
         self.batch_size = batch_size
         self.reward = RewardSet({"accuracy": Term(1.0), "format": Term(0.5)}, default=-1.0)
         self.train_data = train_data if train_data is not None else rows("run", 8)
-        self.data_seed, self.global_rank = 0, 0
-        self.trainer = SimpleNamespace(world_size=1, callback_metrics={}, should_stop=False)
-        self.prompts, self.logger = None, None
+        self.prompts = PromptSource(self.train_data, batch_size)
+        self.settings = RunSettings(self.sampler, batch_size, self.reward, self.prompts)
+        self.metrics: dict[str, float] = {}  # what the loop's ctx.metrics holds (restored after a resume)
         self.logged: list[tuple[str, float]] = []
+        self.stopped = False
         self._opt = SimpleNamespace(param_groups=[{"lr": 0.1}])
-
-    def log(self, name, value, **kwargs):
-        self.logged.append((name, value))
-
-    def log_dict(self, metrics, **kwargs):
-        self.logged.extend(metrics.items())
-
-    def print(self, *args):
-        pass
 
     def optimizers(self):
         return self._opt
+
+    def context(self, step: int) -> StepContext:
+        def generate(rows, group_size=None, greedy=False, **sampling):
+            return self.sampler.generate(None, rows, group_size=group_size)
+
+        return StepContext(
+            step=step,
+            sampling=sampling_of(self.sampler),
+            batch_size=self.batch_size,
+            train_data=self.train_data,
+            reward=self.settings.base["reward"],
+            metrics=dict(self.metrics),
+            generate=generate,
+            pairs=lambda rows, responses: list(zip(rows, responses)),
+            log=lambda metrics: self.logged.extend(metrics.items()),
+            print=lambda line: None,
+        )
+
+    def start_step(self, scheduler: StageScheduler, step: int) -> bool:
+        """The loop's step start; False when the curriculum ended the run."""
+        self.settings.apply([], self)
+        self.stopped = self.settings.apply([scheduler.on_step_start(self.context(step))], self)
+        return not self.stopped
 
 
 def rows(tag: str, n: int) -> list[dict]:
@@ -63,13 +82,12 @@ def run(scheduler: StageScheduler, module: FakeModule, steps: int, start: int = 
     """
     stages = []
     for step in range(start, start + steps):
-        scheduler.on_step_start(step, module)
-        if scheduler.done:
+        if not module.start_step(scheduler, step):
             break
         stages.append(scheduler.index)
         module.prompts.next_batch()
         if metrics:
-            module.trainer.callback_metrics = metrics[step]
+            module.metrics = metrics[step]
     return stages
 
 
@@ -121,7 +139,7 @@ def test_a_stage_sets_g_temperature_reward_and_data_and_the_next_restores_the_ru
     module = FakeModule()
     run_reward = module.reward
     run(sched, module, 1)
-    engine = module.rollout_engine
+    engine = module.sampler
     assert (engine.group_size, engine.temperature, engine.top_p, module.batch_size) == (4, 1.0, 1.0, 2)
     assert module.reward is run_reward and module.prompts.dataset is module.train_data
     run(sched, module, 1, start=1)
@@ -145,7 +163,7 @@ def test_each_stage_keeps_its_own_stream_and_state_round_trips_exactly():
     def drawn(sched, module, start, steps):
         out = []
         for step in range(start, start + steps):
-            sched.on_step_start(step, module)
+            module.start_step(sched, step)
             out.append([r["uid"] for r in module.prompts.next_batch()])
         return out
 
@@ -160,23 +178,27 @@ def test_each_stage_keeps_its_own_stream_and_state_round_trips_exactly():
     assert straight[0][0].startswith("run") and straight[3][0].startswith("b") and straight[7][0].startswith("run")
 
 
-def test_metric_value_travels_with_the_state_so_a_resume_switches_on_the_same_step():
+def test_a_resume_switches_on_the_same_step_with_the_metrics_the_loop_restores():
     def make():
         return StageScheduler({"a": Stage(metric={"name": "m", "threshold": 0.5}), "b": Stage()})
 
     first, module = make(), FakeModule()
     run(first, module, 2, metrics=[{"m": 0.1}, {"m": 0.9}])  # the checkpoint is written after step 1
     state = first.state_dict()
-    resumed = make()
+    resumed, fresh = make(), FakeModule()
     resumed.load_state_dict(state)
-    assert run(resumed, FakeModule(), 1, start=2) == [1]  # callback_metrics are empty after a resume
+    fresh.metrics = dict(module.metrics)  # RLModule checkpoints the last logged metrics and restores them
+    assert run(resumed, fresh, 1, start=2) == [1]
+    blind = make()
+    blind.load_state_dict(state)
+    assert run(blind, FakeModule(), 1, start=2) == [0]  # without them the rule could not fire: the loop must
 
 
 def test_the_last_rule_ends_the_run():
     module = FakeModule()
     sched = StageScheduler({"a": Stage(after_steps=1), "b": Stage(after_steps=2)})
     assert run(sched, module, 5) == [0, 1, 1]
-    assert module.trainer.should_stop and sched.replace_step(module) == {"curriculum/done": 1.0}
+    assert module.stopped and sched.done
 
 
 @pytest.mark.parametrize(
@@ -231,14 +253,13 @@ def test_rewardmap_curriculum_walks_the_question_type_blocks_in_order(compose):
     module = FakeModule(batch_size=2)
     types = []
     for step in range(10):
-        sched.on_step_start(step, module)
-        if sched.done:
+        if not module.start_step(sched, step):
             break
         types.append({row["type"] for row in module.prompts.next_batch()})
     # blocks of 4, 4, 2 and 2 rows at B = 2 prompts per step: 2 + 2 + 1 + 1 steps, then the run ends
     allowed = [{"TorF1", "TorF2"}] * 2 + [{"Counting2", "Counting3"}] * 2 + [{"Counting1"}, {"planning"}]
     assert len(types) == 6 and all(t <= a for t, a in zip(types, allowed))
-    assert module.trainer.should_stop
+    assert module.stopped
 
 
 class CannedEngine(HFRollout):
@@ -265,20 +286,20 @@ def _sft_curriculum(threshold: float) -> StageScheduler:
     return StageScheduler({"a": Stage(after_steps=1), "sft": sft, "c": Stage()})
 
 
-def test_an_sft_stage_keeps_judged_candidates_trains_at_its_lr_and_hands_the_run_lr_back(monkeypatch):
-    batches = []  # what each SFT step would train on: (row uid, response) pairs
-    monkeypatch.setattr(stages, "build_sft_rollout", lambda vlm, rows, responses, *args: (rows, responses))
-    monkeypatch.setattr(stages, "sft_step", lambda module, pairs: batches.append(list(zip(*pairs))) or {})
-    module = FakeModule()
-    module.rollout_engine, module.vlm = CannedEngine(group_size=4), None
+def test_an_sft_stage_keeps_judged_candidates_trains_at_its_lr_and_hands_the_run_lr_back():
+    batches = []  # what each SFT step trains on: (row, response) pairs
+    module = FakeModule(sampler=CannedEngine(group_size=4))
     sched = _sft_curriculum(threshold=1.5)  # the run's reward gives every candidate 1.0 + 0.5
     indices, lrs = [], []
     for step in range(4):
-        sched.on_step_start(step, module)
+        module.start_step(sched, step)
         indices.append(sched.index)
         lrs.append(module.optimizers().param_groups[0]["lr"])
-        assert (sched.replace_step(module) is None) == (sched.stage.kind == "rl")
-    assert indices == [0, 1, 1, 2] and lrs == [0.1, 0.05, 0.05, 0.1] and sched.saved_lrs is None
+        pairs = sched.replace_step(module.context(step))
+        assert (pairs is None) == (sched.stage.kind == "rl")
+        if pairs is not None:
+            batches.append(pairs)
+    assert indices == [0, 1, 1, 2] and lrs == [0.1, 0.05, 0.05, 0.1] and module.settings.saved_lrs is None
     assert sched.kept[1] == [(0, "s0-0"), (0, "s0-1"), (1, "s1-0"), (1, "s1-1")]
     assert sched.state_dict()["kept"][1][0] == [0, "s0-0"]  # plain lists and strings in the checkpoint
     assert ("sft/candidates", 4.0) in module.logged
@@ -293,8 +314,7 @@ def test_an_sft_stage_keeps_judged_candidates_trains_at_its_lr_and_hands_the_run
 
 
 def test_an_sft_stage_whose_judge_keeps_nothing_is_skipped():
-    module = FakeModule()
-    module.rollout_engine, module.vlm = CannedEngine(group_size=4), None
+    module = FakeModule(sampler=CannedEngine(group_size=4))
     sched = _sft_curriculum(threshold=2.0)  # 1.5 < 2: nothing passes
     assert run(sched, module, 3) == [0, 2, 2]
     assert sched.kept[1] == [] and module.optimizers().param_groups[0]["lr"] == 0.1

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from vrl.hooks import StepContext
 from vrl.methods.advantage import group_zscore
+from vrl.methods.rewardmap import DifficultyWeight
 from vrl.rewards.rewardmap import (
-    DifficultyWeight,
     RewardMap,
     RewardMapAccuracy,
     clean_station,
@@ -152,7 +153,10 @@ def test_w_cancels_under_zscore_and_the_hook_applies_it_after():
     samples = [short("TorF1", "yes", "easy"), short("TorF1", "yes", "hard"), planning("D", "G", 2, "middle")]
     rollout = SimpleNamespace(advantages=torch.tensor([1.0, -2.0, 0.5]), samples=samples)
     # W = 1.0, 1.5, 1.2 + 0.5 = 1.7  ->  [1.0, -3.0, 0.85]
-    torch.testing.assert_close(DifficultyWeight().transform_advantages(rollout, None), torch.tensor([1.0, -3.0, 0.85]))
+    torch.testing.assert_close(
+        rollout.advantages * DifficultyWeight().advantage_factor(rollout, StepContext()),
+        torch.tensor([1.0, -3.0, 0.85]),
+    )
 
 
 def warnings_of(compose, caplog, overrides, tmp_path) -> list[str]:

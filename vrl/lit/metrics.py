@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from vrl.types import Rollout
@@ -36,3 +37,20 @@ def equal_reward_group_fraction(rewards: torch.Tensor, group_ids: torch.Tensor) 
         return 0.0
     equal = [bool((rewards[group_ids == g] == rewards[group_ids == g][0]).all()) for g in groups.tolist()]
     return sum(equal) / len(equal)
+
+
+def update_metrics(totals: dict[str, float], losses: list[float], grad_norms: list[float]) -> dict[str, float]:
+    """The update's metrics from token sums accumulated over micro-batches (``Objective`` stats), the losses
+    and the gradient norms of the optimizer steps taken."""
+    tokens = max(totals.get("tokens", 0.0), 1.0)
+    out = {"train/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan")}
+    if losses:
+        out["train/loss"] = float(np.mean(losses))
+    out["policy/clipfrac"] = totals.get("clipped_sum", 0.0) / max(totals.get("kept_tokens", 0.0), 1.0)
+    out["policy/kept_token_frac"] = totals.get("kept_tokens", 0.0) / tokens
+    if "pg_sum" in totals:  # the fused kernel path does not split the loss into terms
+        out["policy/pg_loss_token_mean"] = totals["pg_sum"] / tokens
+    for key in ("kl", "entropy", "nll"):
+        if f"{key}_sum" in totals:
+            out[f"policy/{key}" if key != "kl" else "policy/kl_ref"] = totals[f"{key}_sum"] / tokens
+    return out

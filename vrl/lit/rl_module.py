@@ -2,11 +2,13 @@
 
 One ``training_step`` is one RL step:
 
-    prompts -> [H1, H5/H6 hooks] -> G rollouts each -> rewards -> [H6 filters] -> old/ref log-probs
-    -> [H7 extra passes] -> group advantages -> [H8 transforms] -> [H9 token masks]
-    -> PPO epochs x mini-batches (each one optimizer step, accumulated over micro-batches) -> metrics
+    [H1 stage settings] -> prompts -> [H5/H6 gates] -> G samples each -> rewards -> [H5 branches]
+    -> [H6 filters] -> old/ref log-probs -> [H7 extra passes] -> group advantages x [H8 factors]
+    -> [H9 token weights] -> PPO epochs x mini-batches (each one optimizer step, accumulated over
+    micro-batches, + H10 losses) -> metrics
 
-Method math lives in ``vrl.methods`` (pure functions) and in hooks; this file only orders the stages.
+Method math lives in ``vrl.methods`` (pure functions) and in hooks, which read a ``vrl.hooks.StepContext``
+and return values; this file orders the stages and is the only writer of the rollout and its own state.
 Manual optimisation: ``trainer.max_steps`` counts optimizer steps (= RL steps with the default single
 mini-batch and PPO epoch).
 """
@@ -14,7 +16,8 @@ mini-batch and PPO epoch).
 from __future__ import annotations
 
 import copy
-import random
+import functools
+import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -25,9 +28,12 @@ import numpy as np
 import torch
 
 from vrl.data.source import PromptSource, StepTicks
-from vrl.hooks import HookSet
+from vrl.hooks import HookSet, StepContext
+from vrl.lit.checkpoint import rng_state, set_rng_state
+from vrl.lit.context import RunSettings, Scorer, float_metrics, sampling_of, vision_layout
 from vrl.lit.loss import Objective
-from vrl.lit.metrics import rollout_metrics
+from vrl.lit.metrics import rollout_metrics, update_metrics
+from vrl.lit.sft import build_sft_rollout, sft_backward
 from vrl.methods.advantage import Advantage
 from vrl.models.scoring import score_logprobs
 from vrl.rewards.combine import RewardSet
@@ -92,12 +98,7 @@ class RLModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold trainable weights only (frozen ones are rebuilt)
         self.vlm = model
         self.policy = model.model
-        self.rollout_engine, self.reward, self.advantage, self.objective = (
-            rollout,
-            reward,
-            advantage,
-            objective,
-        )
+        self.sampler, self.reward, self.advantage, self.objective = rollout, reward, advantage, objective
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.train_data, self.val_data = train_data, val_data
         self.batch_size, self.val_batch_size, self.data_seed = batch_size, val_batch_size, data_seed
@@ -111,13 +112,16 @@ class RLModule(L.LightningModule):
         self.log_rollouts_every = log_rollouts_every
         self.bad_steps = 0
         self.empty_steps = 0
-        self.prompts: PromptSource | None = None
+        self.prompts: PromptSource | None = None  # the stream drawn from this step (a stage may swap it)
+        self.settings: RunSettings | None = None  # the run's own settings, which stages override per step
+        self._restored_metrics: dict[str, float] = {}
+        self._step_metrics: dict[str, float] = {}
         self._ref: list[torch.nn.Module] = []  # a list so Lightning neither saves nor moves it implicitly
         self.rollout_logger: Callable[[Rollout, int], None] | None = None
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        if self.prompts is None:
+        if self.settings is None:
             self.prompts = PromptSource(
                 self.train_data,
                 self.batch_size,
@@ -125,6 +129,7 @@ class RLModule(L.LightningModule):
                 rank=self.global_rank,
                 world_size=max(1, self.trainer.world_size),
             )
+            self.settings = RunSettings(self.sampler, self.batch_size, self.reward, self.prompts)
         self.objective.suppress_ids = suppressed_token_ids(self.vlm.processor.tokenizer)
         needs_ref = self.objective.kl is not None and self.objective.kl.coef > 0
         if needs_ref and not self._ref and not getattr(self.vlm, "is_lora", False):
@@ -162,37 +167,30 @@ class RLModule(L.LightningModule):
     # ----------------------------------------------------------------- the RL step
     def training_step(self, batch: Any, batch_idx: int) -> None:
         t0 = time.perf_counter()
-        step = self.global_step  # optimizer steps before this RL step
-        self.hooks.on_step_start(step, self)
-        if (stats := self.hooks.replace_step(self)) is not None:  # H11: e.g. an SFT stage runs its own step
-            self.log_dict(stats, on_step=True)
+        self._step_metrics: dict[str, float] = {}
+        self.settings.apply([], self)  # the run's own settings, which stage hooks see and override
+        if self.settings.apply(self.hooks.on_step_start(self.context()), self):  # H1: a stage ended the run
+            self.trainer.should_stop = True
+            self.log_dict(self._step_metrics | {"curriculum/done": 1.0}, on_step=True)
             return
-        rollout = self.make_rollout()
+        ctx = self.context()  # with this step's stage settings
+        if (pairs := self.hooks.replace_step(ctx)) is not None:  # H11: e.g. an SFT stage's step
+            self.log_dict(self._step_metrics | self.sft_update(pairs), on_step=True)
+            return
+        rollout = self.make_rollout(ctx)
         t_rollout = time.perf_counter() - t0
-        if rollout is not None and rollout.num_sequences > 0:
-            self.empty_steps = 0
-        else:  # every prompt gated or every group filtered out, every try: nothing to learn from
-            self.log_dict({**self._sampling_stats, "train/empty_steps": 1.0}, on_step=True)
-            self.empty_steps += 1
-            if self.empty_steps > self.max_empty_steps:
-                raise RuntimeError(
-                    f"group filters dropped every group for {self.empty_steps} RL steps in a row "
-                    f"(update.max_empty_steps={self.max_empty_steps}): check the hooks' keys and bounds"
-                )
-            if self.empty_steps in (1, 10) or self.empty_steps % 100 == 0:
-                tries = self._sampling_stats["rollout/generate_calls"]
-                self.print(
-                    f"[vrl] {self.empty_steps} RL step(s) so far had every group filtered out "
-                    f"(last: {tries} generate calls); no update on those"
-                )
+        if rollout is None or rollout.num_sequences == 0:
+            self._empty_step()
             return
-        self.score_passes(rollout)
+        self.empty_steps = 0
+        self.score_passes(rollout, ctx)
         rollout.advantages = self.advantage(rollout.rewards, rollout.advantage_groups()).to(self.device)
-        rollout.advantages = self.hooks.transform_advantages(rollout, self)
-        rollout.loss_mask = self.hooks.token_mask(rollout, self)
-        stats = self.update(rollout)
+        if (factor := self.hooks.advantage_factor(rollout, ctx)) is not None:  # H8
+            rollout.advantages = rollout.advantages * factor.to(rollout.advantages)
+        rollout.loss_mask, rollout.norm_mask = self.hooks.token_weights(rollout, ctx)  # H9
+        stats = self.update(rollout, ctx)
         elapsed = time.perf_counter() - t0
-        metrics = rollout_metrics(rollout.main()) | stats | self._sampling_stats
+        metrics = rollout_metrics(rollout.main()) | stats | self._sampling_stats | self._step_metrics
         metrics |= {
             "perf/step_time_s": elapsed,
             "perf/rollout_time_s": t_rollout,
@@ -204,93 +202,154 @@ class RLModule(L.LightningModule):
         self.log("reward", metrics["rollout/reward_mean"], prog_bar=True, logger=False)
         if "train/loss" in metrics:
             self.log("loss", metrics["train/loss"], prog_bar=True, logger=False)
-        if self.rollout_logger and self.log_rollouts_every and step % self.log_rollouts_every == 0:
-            self.rollout_logger(rollout, step)
+        if self.rollout_logger and self.log_rollouts_every and ctx.step % self.log_rollouts_every == 0:
+            self.rollout_logger(rollout, ctx.step)
 
-    def make_rollout(self) -> Rollout | None:
+    def context(self) -> StepContext:
+        """What hooks may read this step (``vrl.hooks.StepContext``)."""
+        world = max(1, self.trainer.world_size) if self._trainer is not None else 1
+        scorer = Scorer(self.policy, self.objective, self.micro_batch_size)
+        sp, suffix = self.sampler.system_prompt, self.sampler.prompt_suffix
+        return StepContext(
+            step=self.global_step,
+            seed=self.data_seed,
+            sampling=sampling_of(self.sampler),
+            batch_size=self.batch_size,
+            micro_batch_size=self.micro_batch_size,
+            mini_batch_size=self.mini_batch_size,
+            rank=self.global_rank,
+            world_size=world,
+            gather=self.all_gather if world > 1 else None,
+            vision=vision_layout(self.vlm),
+            pad_token_id=self.vlm.processor.tokenizer.pad_token_id,
+            kernel_impl=self.objective.kernel_impl,
+            device=self.device,
+            train_data=self.train_data,
+            reward=self.settings.base["reward"] if self.settings is not None else self.reward,
+            metrics=self._metrics_seen(),
+            score=scorer.score,
+            logits=scorer.logits,
+            generate=self._generate,
+            pairs=functools.partial(build_sft_rollout, self.vlm, system_prompt=sp, prompt_suffix=suffix),
+            log=self._step_metrics.update,
+            print=self.print,
+            tag=self._tag,
+        )
+
+    def make_rollout(self, ctx: StepContext) -> Rollout | None:
         """Prompts -> pre-rollout hooks -> G samples each -> rewards -> attached branches -> group filters,
         refilled up to the hooks' ``max_tries`` draws until B groups survive (dynamic sampling, a probe
         gate). None when every draw was gated out before generation."""
-        budget = max([getattr(h, "max_tries", 1) for h in self.hooks.hooks] + [1])
         kept: list[Rollout] = []
         groups, tries, drawn = 0, 0, 0
-        while groups < self.batch_size and tries < budget:
+        while groups < self.batch_size and tries < self.hooks.max_tries:
             batch = self.prompts.next_batch()
             drawn, tries = drawn + len(batch), tries + 1
-            samples = self.hooks.on_prompts(batch, self)
+            samples = self.hooks.on_prompts(batch, ctx)  # H5/H6
             if not samples:  # a pre-rollout gate dropped every prompt of this draw
                 continue
-            rollout = self.rollout_engine.generate(self.vlm, samples)
+            rollout = self.sampler.generate(self.vlm, samples)
             rollout.rewards, rollout.reward_components = self.reward(rollout.responses, rollout.samples)
             rollout.rewards = rollout.rewards.to(self.device)
-            rollout = self.hooks.on_rollout(rollout, self)
-            keep = self.hooks.filter_groups(rollout, self)
-            if keep is not None:
+            rollout = self.hooks.on_rollout(rollout, ctx)  # H5
+            if (keep := self.hooks.filter_groups(rollout, ctx)) is not None:  # H6
                 rollout = rollout.select(torch.nonzero(keep.cpu()).squeeze(-1))
             kept.append(rollout)
             groups += int(rollout.group_ids.unique().numel())
         self._sampling_stats = {"rollout/kept_group_frac": groups / max(drawn, 1), "rollout/generate_calls": tries}
         if not kept:
             return None
-        rollout = cat_rollouts(kept, self.vlm.processor.tokenizer.pad_token_id)
+        rollout = cat_rollouts(kept, ctx.pad_token_id)
         if groups > self.batch_size:  # a refill overshot: keep the first B groups
             first = rollout.group_ids.unique(sorted=False)[: self.batch_size]
             rollout = rollout.select(torch.nonzero(torch.isin(rollout.group_ids, first).cpu()).squeeze(-1))
         return rollout
 
-    def score_passes(self, rollout: Rollout) -> None:
-        """Old-policy and reference log-probs, then hooks' extra teacher-forced passes (H7)."""
+    def score_passes(self, rollout: Rollout, ctx: StepContext) -> None:
+        """Old-policy and reference log-probs, then the hooks' extra teacher-forced passes (H7)."""
         temp, mb, impl = self.objective.temperature, self.micro_batch_size, self.objective.kernel_impl
         sup = self.objective.suppress_ids
-        steps_per_rollout = self.ppo_epochs * len(self._minibatches(rollout.num_sequences))
-        if steps_per_rollout > 1 or any(getattr(h, "needs_old_logprobs", False) for h in self.hooks.hooks):
+        if self.ppo_epochs * len(self._minibatches(rollout.num_sequences)) > 1 or self.hooks.needs_old_logprobs:
             rollout.old_logprobs = score_logprobs(self.policy, rollout, temp, mb, impl, sup)
-        # else: strictly on-policy; the loss uses the current log-probs detached (ratio exactly 1).
+        # else: strictly on-policy; the loss uses the current log-probs detached (ratio exactly 1), unless a
+        # hook's pass below scored the clean rollout anyway and hands them over.
         if self.objective.kl is not None and self.objective.kl.coef > 0:
-            ref, ctx = (self._ref[0], nullcontext()) if self._ref else (self.policy, self.policy.disable_adapter())
-            with ctx:
+            ref, ctx_mgr = (self._ref[0], nullcontext()) if self._ref else (self.policy, self.policy.disable_adapter())
+            with ctx_mgr:
                 rollout.ref_logprobs = score_logprobs(ref, rollout, temp, mb, impl, sup)
-        self.hooks.extra_pass(rollout, self)
+        for result in self.hooks.extra_pass(rollout, ctx):
+            rollout.extras.update(result.extras)
+            if result.old_logprobs is not None and rollout.old_logprobs is None:
+                rollout.old_logprobs = result.old_logprobs
+
+    def _empty_step(self) -> None:
+        """Every prompt gated or every group filtered out, every try: nothing to learn from this step."""
+        self.log_dict({**self._sampling_stats, **self._step_metrics, "train/empty_steps": 1.0}, on_step=True)
+        self.empty_steps += 1
+        if self.empty_steps > self.max_empty_steps:
+            raise RuntimeError(
+                f"group filters dropped every group for {self.empty_steps} RL steps in a row "
+                f"(update.max_empty_steps={self.max_empty_steps}): check the hooks' keys and bounds"
+            )
+        if self.empty_steps in (1, 10) or self.empty_steps % 100 == 0:
+            tries = self._sampling_stats["rollout/generate_calls"]
+            self.print(
+                f"[vrl] {self.empty_steps} RL step(s) so far had every group filtered out "
+                f"(last: {tries} generate calls); no update on those"
+            )
+
+    def _generate(self, rows: list[dict], group_size: int | None = None, greedy: bool = False, **sampling) -> Rollout:
+        """The context's ``generate``: an auxiliary rollout, with per-call sampler settings."""
+        saved = {k: getattr(self.sampler, k) for k in sampling}
+        try:
+            for key, value in sampling.items():
+                if value is not None:
+                    setattr(self.sampler, key, value)
+            return self.sampler.generate(self.vlm, rows, group_size=group_size, greedy=greedy)
+        finally:
+            for key, value in saved.items():
+                setattr(self.sampler, key, value)
+
+    def _metrics_seen(self) -> dict[str, float]:
+        """Every metric's last value: this process's, over what a resumed run restored from its checkpoint."""
+        live = float_metrics(self.trainer.callback_metrics) if self._trainer is not None else {}
+        return {**self._restored_metrics, **live}
+
+    def _tag(self, key: str, value: Any) -> None:
+        logger = self.logger if self._trainer is not None else None
+        if logger is not None and hasattr(logger, "run_id") and hasattr(logger.experiment, "set_tag"):
+            logger.experiment.set_tag(logger.run_id, key, value)
 
     def _minibatches(self, n: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         return list(order.split(self.mini_batch_size or n))
 
-    def update(self, rollout: Rollout) -> dict[str, float]:
+    def update(self, rollout: Rollout, ctx: StepContext) -> dict[str, float]:
         """PPO epochs over mini-batches; one optimizer step per mini-batch; returns averaged stats."""
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
         totals: dict[str, float] = {}
         losses, grad_norms = [], []
         for epoch in range(self.ppo_epochs):
             shuffle = torch.Generator().manual_seed(self.data_seed * 1_000_003 + self.global_step + epoch)
             for mb_idx in self._minibatches(rollout.num_sequences, shuffle if self.ppo_epochs > 1 else None):
                 mini = rollout.select(mb_idx)
-                normalizer = self.objective.normalizer(mini, self.rollout_engine.max_new_tokens)
+                normalizer = self.objective.normalizer(mini, self.sampler.max_new_tokens)
                 if self.trainer.world_size > 1:  # DDP averages gradients: make the denominator global
                     normalizer = self.trainer.strategy.reduce(normalizer, reduce_op="mean")
                 if mini.branch is not None:  # one denominator per branch -> one per sequence
                     normalizer = normalizer[mini.branch.to(normalizer.device)]
-                loss_total = self._accumulate(mini, normalizer, totals)
-                grad_norm = self._clip_and_check(loss_total)
-                if grad_norm is None:
-                    opt.zero_grad(set_to_none=True)
-                    continue
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if sched is not None:
-                    sched.step()
-                losses.append(loss_total)
-                grad_norms.append(grad_norm)
-        return self._summarise(totals, losses, grad_norms)
+                loss_total = self._accumulate(mini, normalizer, totals, ctx)
+                if (grad_norm := self._step_optimizer(loss_total)) is not None:
+                    losses.append(loss_total)
+                    grad_norms.append(grad_norm)
+        return update_metrics(totals, losses, grad_norms)
 
-    def _accumulate(self, mini: Rollout, normalizer: torch.Tensor, totals: dict[str, float]) -> float:
+    def _accumulate(self, mini: Rollout, normalizer: torch.Tensor, totals: dict[str, float], ctx) -> float:
         loss_total = 0.0
         for idx in torch.arange(mini.num_sequences).split(self.micro_batch_size):
             micro = mini.select(idx)
             norm = normalizer[idx.to(normalizer.device)] if normalizer.dim() else normalizer
             loss, stats, out = self.objective(self.policy, micro, norm)
-            extra, extra_stats = self.hooks.extra_loss(micro, out, norm, self)
+            extra, extra_stats = self.hooks.extra_loss(micro, out, norm, ctx)  # H10
             if extra is not None:
                 loss = loss + extra
                 stats |= extra_stats
@@ -300,14 +359,35 @@ class RLModule(L.LightningModule):
                 totals[k] = totals.get(k, 0.0) + float(v)
         return loss_total
 
-    def _clip_and_check(self, loss_total: float) -> float | None:
-        """Clip gradients; None (skip the step) when the loss or the gradient norm is not finite."""
+    def sft_update(self, pairs: Rollout) -> dict[str, float]:
+        """One supervised optimizer step on teacher-forced ``pairs`` (a stage's H11 step), token-mean NLL."""
+        lr = self.optimizers().param_groups[0]["lr"]  # the stage's, before the LR schedule steps
+        loss, tokens = sft_backward(
+            self.policy, pairs, self.micro_batch_size, self.objective.suppress_ids, self.manual_backward
+        )
+        grad_norm = self._step_optimizer(loss)
+        norm = math.nan if grad_norm is None else grad_norm
+        return {"sft/loss": loss, "sft/tokens": tokens, "train/grad_norm": norm, "train/lr": lr}
+
+    def _step_optimizer(self, loss_total: float) -> float | None:
+        """Clip, then step the optimizer (and the LR schedule); None, with the step skipped, when the loss or
+        the gradient norm is not finite."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
         params = [p for p in self.policy.parameters() if p.grad is not None]
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-        if np.isfinite(loss_total) and np.isfinite(norm):
-            self.bad_steps = 0
-            return norm
+        if not (np.isfinite(loss_total) and np.isfinite(norm)):
+            opt.zero_grad(set_to_none=True)
+            self._bad_step(loss_total, norm)
+            return None
+        self.bad_steps = 0
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if sched is not None:
+            sched.step()
+        return norm
+
+    def _bad_step(self, loss_total: float, norm: float) -> None:
         self.bad_steps += 1
         self.log("train/skipped_steps", float(self.bad_steps), on_step=True)
         self.print(f"[vrl] step {self.global_step}: non-finite loss={loss_total} grad_norm={norm}; step skipped")
@@ -316,26 +396,10 @@ class RLModule(L.LightningModule):
                 f"{self.bad_steps} consecutive non-finite steps (update.max_bad_steps={self.max_bad_steps}); "
                 "stopping. The last checkpoint was written before these steps and is intact."
             )
-        return None
-
-    @staticmethod
-    def _summarise(totals: dict[str, float], losses: list[float], grad_norms: list[float]) -> dict[str, float]:
-        tokens = max(totals.get("tokens", 0.0), 1.0)
-        out = {"train/grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan")}
-        if losses:
-            out["train/loss"] = float(np.mean(losses))
-        out["policy/clipfrac"] = totals.get("clipped_sum", 0.0) / max(totals.get("kept_tokens", 0.0), 1.0)
-        out["policy/kept_token_frac"] = totals.get("kept_tokens", 0.0) / tokens
-        if "pg_sum" in totals:  # the fused kernel path does not split the loss into terms
-            out["policy/pg_loss_token_mean"] = totals["pg_sum"] / tokens
-        for key in ("kl", "entropy", "nll"):
-            if f"{key}_sum" in totals:
-                out[f"policy/{key}" if key != "kl" else "policy/kl_ref"] = totals[f"{key}_sum"] / tokens
-        return out
 
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
-        rollout = self.rollout_engine.generate(self.vlm, batch, greedy=True)
+        rollout = self.sampler.generate(self.vlm, batch, greedy=True)
         rewards, components = self.reward(rollout.responses, rollout.samples)
         n = len(batch)
         self.log("val/reward", rewards.mean(), on_epoch=True, batch_size=n)
@@ -347,43 +411,33 @@ class RLModule(L.LightningModule):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["vrl"] = {
-            "prompts": self.prompts.state_dict() if self.prompts else None,
+            "prompts": self.settings.base["prompts"].state_dict() if self.settings else None,
             "hooks": self.hooks.state_dict(),
+            "settings": self.settings.state_dict() if self.settings else {},
+            "metrics": self._metrics_seen(),
             "bad_steps": self.bad_steps,
             "empty_steps": self.empty_steps,
             "reward": self.reward.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "python": random.getstate(),
-                "numpy": _numpy_rng_state(),
-            },
+            "rng": rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("vrl", {})
-        self._pending_state = state
+        self._pending_state = checkpoint.get("vrl", {})
 
     def on_train_start(self) -> None:
-        # Restored here rather than in on_load_checkpoint: setup() (which builds PromptSource) runs after
+        # Restored here rather than in on_load_checkpoint: setup() (which builds the prompt stream) runs after
         # the checkpoint is read, and nothing may draw random numbers between this and the first step.
         state = getattr(self, "_pending_state", None)
         if not state:
             return
-        if state.get("prompts") and self.prompts is not None:
-            self.prompts.load_state_dict(state["prompts"])
+        if state.get("prompts") and self.settings is not None:
+            self.settings.base["prompts"].load_state_dict(state["prompts"])
         self.hooks.load_state_dict(state.get("hooks", {}))
+        if self.settings is not None:
+            self.settings.load_state_dict(state.get("settings", {}))
+        self._restored_metrics = dict(state.get("metrics", {}))
         self.bad_steps = state.get("bad_steps", 0)
         self.empty_steps = state.get("empty_steps", 0)
         self.reward.load_state_dict(state.get("reward", {}))
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        name, keys, pos, has_gauss, gauss = rng["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        set_rng_state(state["rng"])
         self._pending_state = None
-
-
-def _numpy_rng_state() -> tuple:
-    """NumPy's global RNG state with the key array as a tensor: checkpoints load with ``weights_only=True``."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)

@@ -15,7 +15,6 @@ lets a checkpoint store the kept set as plain text for exact resume.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,8 +86,7 @@ def dataset_row(dataset: Any, index: int) -> dict:
 
 @torch.no_grad()
 def rejection_sample(
-    engine: Any,
-    vlm: Any,
+    generate: Callable[..., Any],
     dataset: Any,
     indices: Sequence[int],
     candidates: int,
@@ -99,8 +97,7 @@ def rejection_sample(
     """Sample ``candidates`` responses for each prompt ``indices`` of ``dataset``, keep those ``reward`` passes.
 
     Args:
-        engine: the rollout engine (``generate(vlm, rows, group_size=k)``; sequences of a row adjacent).
-        vlm: the policy bundle.
+        generate: ``generate(rows, group_size=k) -> Rollout`` with the policy (sequences of a row adjacent).
         dataset: map-style rows.
         indices: which rows to prompt with.
         candidates: k per prompt.
@@ -114,7 +111,7 @@ def rejection_sample(
     all_indices, all_responses, all_scores = [], [], []
     for start in range(0, len(indices), prompts_per_call):
         part = [int(i) for i in indices[start : start + prompts_per_call]]
-        rollout = engine.generate(vlm, [dataset_row(dataset, i) for i in part], group_size=candidates)
+        rollout = generate([dataset_row(dataset, i) for i in part], group_size=candidates)
         totals, _ = reward(rollout.responses, rollout.samples)
         all_indices += [part[g] for g in rollout.group_ids.tolist()]
         all_responses += list(rollout.responses)
@@ -199,26 +196,3 @@ def sft_backward(
         backward(loss)
         total += float(loss.detach())
     return total, float(rollout.response_mask.sum())
-
-
-def sft_step(module: Any, rollout: Rollout) -> dict[str, float]:
-    """One optimizer step of SFT on ``rollout`` for an ``RLModule`` (manual optimisation).
-
-    Gradient clipping and the non-finite guard are the RL update's (``module._clip_and_check``), so a bad
-    SFT step is skipped and counted exactly like a bad RL step.
-    """
-    opt = module.optimizers()
-    opt.zero_grad(set_to_none=True)
-    loss, tokens = sft_backward(
-        module.policy, rollout, module.micro_batch_size, module.objective.suppress_ids, module.manual_backward
-    )
-    grad_norm = module._clip_and_check(loss)
-    if grad_norm is not None:
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return {
-        "sft/loss": loss,
-        "sft/tokens": tokens,
-        "train/grad_norm": grad_norm if grad_norm is not None else math.nan,
-        "train/lr": opt.param_groups[0]["lr"],
-    }

@@ -27,20 +27,19 @@ checkpoint (written by rank 0) holds rank 0's kept set: resuming *inside* an SFT
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lightning.pytorch.loggers import MLFlowLogger
-
 from vrl.data.source import PromptSource
-from vrl.lit.sft import RejectionSampling, build_sft_rollout, dataset_row, rejection_sample, sft_step
+from vrl.hooks import Hook, StageSettings, StepContext
+from vrl.lit.sft import RejectionSampling, dataset_row, rejection_sample
+from vrl.types import Rollout
 
 KINDS = ("rl", "sft")
 MODES = ("above", "below")
-#: Rollout-engine attributes a stage may set; None keeps the run's value.
-SAMPLING = ("group_size", "temperature", "top_p", "max_new_tokens")
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ class Stage:
         return self.after_steps is not None or self.epochs is not None or self.metric is not None
 
 
-class StageScheduler:
+class StageScheduler(Hook):
     """Hook that runs a curriculum of :class:`Stage` s (hooks H1 and H11; ``hooks.curriculum``).
 
     Args:
@@ -174,215 +173,154 @@ class StageScheduler:
         self.order, self.stop_at_end = order, stop_at_end
         self.index, self.steps_in_stage, self.done = 0, 0, False
         self.kept: dict[int, list[tuple[int, str]]] = {}
-        self.saved_lrs: list[float] | None = None
-        self.metric_value: float | None = None
         self._sources: dict[int, PromptSource] = {}
         self._pending_sources: dict[int, dict] = {}
         self._rewards: dict[int, Any] = {}
-        self._base: dict[str, Any] | None = None
-        self._module: Any = None
 
     @property
     def stage(self) -> Stage:
         return self.stages[self.index]
 
     # ----------------------------------------------------------------- hook stages
-    def on_step_start(self, step: int, module: Any) -> None:
-        """Advance if the current stage's rule fired, then apply the (new) stage to the module."""
-        self._module = module
-        if self._base is None:
-            self._base = self._snapshot(module)
-        if not self.done and self.steps_in_stage > 0 and self._rule_fired(module):
-            self._advance(step, module)
-        while not self.done and self.steps_in_stage == 0 and not self._enter(step, module):
+    def on_step_start(self, ctx: StepContext) -> StageSettings:
+        """Advance if the current stage's rule fired; the (new) stage's settings for this step."""
+        if not self.done and self.steps_in_stage > 0 and self._rule_fired(ctx):
+            self._advance(ctx)
+        while not self.done and self.steps_in_stage == 0 and not self._enter(ctx):
             # an SFT stage whose judge kept nothing has nothing to fit: skip it (or end, if it is the last)
             if self.index == len(self.stages) - 1:
-                self._finish(step, module, "kept no SFT pairs")
+                self._finish(ctx, "kept no SFT pairs")
             else:
-                self._advance(step, module)
+                self._advance(ctx)
         if self.done:
-            module.trainer.should_stop = True  # also after a resume from a finished curriculum
-            return
-        self._apply(module)
-        module.log("curriculum/stage", float(self.index), on_step=True)
+            return StageSettings(stop=True)  # also after a resume from a finished curriculum
+        ctx.log({"curriculum/stage": float(self.index)})
         self.steps_in_stage += 1
+        return self._settings(ctx)
 
-    def replace_step(self, module: Any) -> dict[str, float] | None:
-        """An SFT stage's step (the RL step is skipped); None in RL stages."""
-        if self.done:
-            return {"curriculum/done": 1.0}
+    def replace_step(self, ctx: StepContext) -> Rollout | None:
+        """An SFT stage's teacher-forced pairs (the loop fits them instead of an RL step); None in RL stages."""
         if self.stage.kind != "sft":
             return None
-        batch = self._stage_source(module).next_batch()
-        data = self._data(self.stage, module)
-        rows = [dataset_row(data, p["index"]) for p in batch]
-        engine = module.rollout_engine
-        rollout = build_sft_rollout(
-            module.vlm, rows, [p["response"] for p in batch], engine.system_prompt, engine.prompt_suffix
-        )
-        return sft_step(module, rollout) | {"sft/kept": float(len(self.kept[self.index]))}
+        batch = self._stage_source(ctx).next_batch()
+        data = self._data(self.stage, ctx)
+        ctx.log({"sft/kept": float(len(self.kept[self.index]))})
+        return ctx.pairs([dataset_row(data, p["index"]) for p in batch], [p["response"] for p in batch])
 
     # ----------------------------------------------------------------- switching
-    def _rule_fired(self, module: Any) -> bool:
+    def _rule_fired(self, ctx: StepContext) -> bool:
         stage = self.stage
         if stage.after_steps is not None:
             return self.steps_in_stage >= stage.after_steps
         if stage.epochs is not None:
-            source = self._stage_source(module)  # one pass = this rank's equal shard of the data
+            source = self._stage_source(ctx)  # one pass = this rank's equal shard of the data
             return source.rows_drawn >= stage.epochs * (len(source.dataset) // source.world_size)
-        if stage.metric is not None:
-            return stage.metric.fired(self._metric(module))
+        if stage.metric is not None:  # the last logged value (a resumed run's loop restores it)
+            return stage.metric.fired(ctx.metrics.get(stage.metric.name))
         return False
 
-    def _metric(self, module: Any) -> float | None:
-        """The switch metric's last logged value; after a resume, the one saved with the checkpoint."""
-        value = module.trainer.callback_metrics.get(self.stage.metric.name)
-        return float(value) if value is not None else self.metric_value
-
-    def _advance(self, step: int, module: Any) -> None:
+    def _advance(self, ctx: StepContext) -> None:
         if self.index == len(self.stages) - 1:
             if self.stop_at_end:
-                self._finish(step, module, "finished")
+                self._finish(ctx, "finished")
             return
         old = self._rewards.pop(self.index, None)
         if old is not None:  # the stage's reward set is never used again: end its workers, if any
             old.close()
-        self.index, self.steps_in_stage, self.metric_value = self.index + 1, 0, None
+        self.index, self.steps_in_stage = self.index + 1, 0
 
-    def _finish(self, step: int, module: Any, why: str) -> None:
+    def _finish(self, ctx: StepContext, why: str) -> None:
         self.done = True
-        module.trainer.should_stop = True
-        module.print(f"[vrl] curriculum: last stage {self.stage.name!r} {why} at step {step}; stopping the run")
+        ctx.print(f"[vrl] curriculum: last stage {self.stage.name!r} {why} at step {ctx.step}; stopping the run")
 
-    def _enter(self, step: int, module: Any) -> bool:
+    def _enter(self, ctx: StepContext) -> bool:
         """First step of a stage: announce it, and for SFT build the kept set. False when SFT kept nothing."""
         stage = self.stage
-        module.print(f"[vrl] curriculum: stage {self.index} {stage.name!r} ({stage.kind}) starts at step {step}")
-        logger = getattr(module, "logger", None)
-        if isinstance(logger, MLFlowLogger):
-            client, run_id = logger.experiment, logger.run_id
-            client.set_tag(run_id, "curriculum/stage", stage.name)
-            client.log_param(run_id, f"curriculum/{self.index}_{stage.name}_start_step", step)
+        ctx.print(f"[vrl] curriculum: stage {self.index} {stage.name!r} ({stage.kind}) starts at step {ctx.step}")
+        ctx.tag("curriculum/stage", stage.name)
+        ctx.tag(f"curriculum/{self.index}_{stage.name}_start_step", ctx.step)
         if stage.kind != "sft" or self.index in self.kept:
             return True
-        self._apply(module)  # candidates are sampled with the stage's settings
-        self._build_kept(module)
+        self._build_kept(ctx)
         return bool(self.kept[self.index])
 
-    # ----------------------------------------------------------------- applying a stage
-    @staticmethod
-    def _snapshot(module: Any) -> dict[str, Any]:
-        """The run's own settings, which a stage falls back to for every knob it leaves unset."""
-        engine = module.rollout_engine
-        return {
-            "sampling": {k: getattr(engine, k) for k in SAMPLING},
-            "batch_size": module.batch_size,
-            "reward": module.reward,
-        }
+    # ----------------------------------------------------------------- a stage's settings
+    def _data(self, stage: Stage, ctx: StepContext) -> Any:
+        return stage.data if stage.data is not None else ctx.train_data
 
-    def _data(self, stage: Stage, module: Any) -> Any:
-        return stage.data if stage.data is not None else module.train_data
+    def _settings(self, ctx: StepContext) -> StageSettings:
+        stage = self.stage
+        return StageSettings(
+            sampling=stage.sampling,
+            batch_size=stage.batch_size,
+            reward=self._reward(self.index, ctx),
+            prompts=self._stage_source(ctx) if stage.kind == "rl" else None,
+            lr=stage.lr,
+            lr_scale=stage.lr_scale,
+        )
 
-    def _apply(self, module: Any) -> None:
-        stage, base = self.stage, self._base
-        engine = module.rollout_engine
-        for key in SAMPLING:
-            value = stage.sampling[key]
-            setattr(engine, key, value if value is not None else base["sampling"][key])
-        module.objective.temperature = engine.temperature  # scored at the temperature it was sampled at
-        module.batch_size = stage.batch_size or base["batch_size"]
-        module.reward = self._reward(self.index)
-        if stage.kind == "rl":
-            module.prompts = self._stage_source(module)
-        self._apply_lr(stage, module)
-
-    def _reward(self, index: int) -> Any:
+    def _reward(self, index: int, ctx: StepContext) -> Any:
         terms = self.stages[index].reward
         if terms is None:
-            return self._base["reward"]
-        if index not in self._rewards:
-            base = self._base["reward"]
-            self._rewards[index] = base.with_terms({**base.terms, **terms})  # None entries are dropped
+            return None  # the run's
+        if index not in self._rewards:  # the run's terms with the stage's merged over them (None drops one)
+            self._rewards[index] = ctx.reward.with_terms({**ctx.reward.terms, **terms})
         return self._rewards[index]
 
-    def _stage_source(self, module: Any) -> PromptSource:
+    def _stage_source(self, ctx: StepContext) -> PromptSource:
         """The current stage's own stream (of prompts; of kept pairs for SFT), built once and then resumable.
 
-        Each stage is seeded apart (``data_seed + index``) so stages that share data see it in new orders.
+        Each stage is seeded apart (``seed + index``) so stages that share data see it in new orders. The
+        run's batch size is ``ctx.batch_size`` here: stage settings apply only after this hook returns.
         """
         index, stage = self.index, self.stage
         if index not in self._sources:
-            batch = stage.batch_size or self._base["batch_size"]
-            dataset = self._data(stage, module)
+            batch = stage.batch_size or ctx.batch_size
+            dataset = self._data(stage, ctx)
             if stage.kind == "sft":  # a batch never holds a kept pair twice, even when few were kept
                 dataset = [{"index": i, "response": r} for i, r in self.kept[index]]
                 batch = min(stage.rejection.batch_size or batch, len(dataset))
             source = PromptSource(
-                dataset,
-                batch,
-                seed=module.data_seed + index,
-                shuffle=stage.shuffle,
-                rank=module.global_rank,
-                world_size=max(1, module.trainer.world_size),
+                dataset, batch, seed=ctx.seed + index, shuffle=stage.shuffle, rank=ctx.rank, world_size=ctx.world_size
             )
             if index in self._pending_sources:
                 source.load_state_dict(self._pending_sources.pop(index))
             self._sources[index] = source
         return self._sources[index]
 
-    def _apply_lr(self, stage: Stage, module: Any) -> None:
-        """SFT stages train at their own learning rate; the run's is saved and restored after them."""
-        groups = module.optimizers().param_groups
-        if stage.lr is None and stage.lr_scale is None:
-            if self.saved_lrs is not None:
-                for group, lr in zip(groups, self.saved_lrs):
-                    group["lr"] = lr
-                self.saved_lrs = None
-            return
-        if self.saved_lrs is None:
-            self.saved_lrs = [float(g["lr"]) for g in groups]
-        for group, lr in zip(groups, self.saved_lrs):
-            group["lr"] = stage.lr if stage.lr is not None else lr * stage.lr_scale
-
-    def _build_kept(self, module: Any) -> None:
-        """Sample, judge and keep the SFT stage's training pairs (once per stage: they are checkpointed)."""
+    def _build_kept(self, ctx: StepContext) -> None:
+        """Sample (with the stage's settings), judge and keep the SFT stage's training pairs, once per stage:
+        they are checkpointed."""
         stage, rs = self.stage, self.stage.rejection
-        data = self._data(stage, module)
-        shard = list(range(len(data)))[: rs.max_prompts]
-        shard = shard[module.global_rank :: max(1, module.trainer.world_size)]
-        judge = self._base["reward"].with_terms(rs.judge) if rs.judge else module.reward
-        per_call = rs.prompts_per_call or self._base["batch_size"]
-        engine = module.rollout_engine
-        kept, stats = rejection_sample(engine, module.vlm, data, shard, rs.candidates, judge, rs.threshold, per_call)
-        if judge is not module.reward:
+        data = self._data(stage, ctx)
+        shard = list(range(len(data)))[: rs.max_prompts][ctx.rank :: ctx.world_size]
+        run_reward = self._reward(self.index, ctx) or ctx.reward
+        judge = ctx.reward.with_terms(rs.judge) if rs.judge else run_reward
+        per_call = rs.prompts_per_call or ctx.batch_size
+        generate = functools.partial(ctx.generate, **{k: v for k, v in stage.sampling.items() if k != "group_size"})
+        kept, stats = rejection_sample(generate, data, shard, rs.candidates, judge, rs.threshold, per_call)
+        if judge is not run_reward:
             judge.close()
         self.kept[self.index] = kept
-        module.print(
+        ctx.print(
             f"[vrl] curriculum: stage {stage.name!r} kept {len(kept)} of {int(stats['sft/candidates'])} "
             f"candidates (judge reward >= {rs.threshold})"
         )
-        module.log_dict(stats, on_step=True)
+        ctx.log(stats)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         sources = dict(self._pending_sources) | {i: s.state_dict() for i, s in self._sources.items()}
-        if self._module is not None and self.stage.metric is not None:
-            value = self._module.trainer.callback_metrics.get(self.stage.metric.name)
-            self.metric_value = float(value) if value is not None else self.metric_value
         return {
             "index": self.index,
             "steps_in_stage": self.steps_in_stage,
             "done": self.done,
             "sources": sources,
             "kept": {i: [[idx, resp] for idx, resp in pairs] for i, pairs in self.kept.items()},
-            "saved_lrs": self.saved_lrs,
-            "metric_value": self.metric_value,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.index, self.steps_in_stage = int(state["index"]), int(state["steps_in_stage"])
         self.done = bool(state.get("done", False))
         self.kept = {int(i): [(int(idx), str(resp)) for idx, resp in pairs] for i, pairs in state["kept"].items()}
-        self.saved_lrs = state.get("saved_lrs")
-        self.metric_value = state.get("metric_value")
         self._sources, self._pending_sources = {}, {int(i): dict(s) for i, s in state["sources"].items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from vrl.hooks import Hook, StepContext
 from vrl.types import Rollout
 
 
@@ -34,7 +35,7 @@ def group_keep_mask(values: torch.Tensor, group_ids: torch.Tensor, criterion: st
     return keep
 
 
-class DynamicSampling:
+class DynamicSampling(Hook):
     """DAPO dynamic sampling (Yu et al., arXiv 2503.14476): filter groups, refill the batch.
 
     Args:
@@ -69,7 +70,7 @@ class DynamicSampling:
         self.keys, self.criterion, self.lo, self.hi = list(keys), criterion, lo, hi
         self.combine, self.max_tries, self.order = combine, max_tries, order
 
-    def filter_groups(self, rollout: Rollout, module=None) -> torch.Tensor:
+    def filter_groups(self, rollout: Rollout, ctx: StepContext | None = None) -> torch.Tensor:
         masks = []
         for key in self.keys:
             if key == "reward":

@@ -19,6 +19,7 @@ Pure functions first (shapes: B prompts, G_p probes each); the hook last.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from vrl.data.checklist import (
     parse_probe_answers,
     probe_prompt,
 )
+from vrl.hooks import Hook, StepContext
 from vrl.rewards.checklist import score_probe
 from vrl.rewards.extract import last_boxed
 from vrl.types import Rollout, attach_branch
@@ -72,7 +74,7 @@ def score_probe_response(response: str, items: list[ProbeItem], denominator: str
     return score_probe(response, items, denominator)
 
 
-class PEARL:
+class PEARL(Hook):
     """Perception probes, fidelity gate, advantage reweighting and probe loss (``+method=pearl``).
 
     Args:
@@ -146,7 +148,7 @@ class PEARL:
         self.gate, self.gate_threshold, self.bypass_prob = gate, gate_threshold, bypass_prob
         self.tau, self.probe_coef, self.max_tries, self.seed, self.order = tau, probe_coef, max_tries, seed, order
         self.draws = 0  # on_prompts calls so far: seeds each bypass draw
-        self._pending: Rollout | None = None
+        self._pending: tuple[Rollout, torch.Tensor] | None = None
         self._stats: dict[str, list[float]] = {}
 
     # ----------------------------------------------------------------- checklists
@@ -172,11 +174,9 @@ class PEARL:
         return {**row, "prompt": text, "probe_items": items}
 
     # ----------------------------------------------------------------- H5/H6: probes and the gate
-    def on_prompts(self, samples: list[dict], module) -> list[dict]:
+    def on_prompts(self, samples: list[dict], ctx: StepContext) -> list[dict]:
         t0 = time.perf_counter()
-        probes = module.rollout_engine.generate(
-            module.vlm, [self._probe_row(s, self.checklist(s)) for s in samples], group_size=self.group_size
-        )
+        probes = ctx.generate([self._probe_row(s, self.checklist(s)) for s in samples], group_size=self.group_size)
         scores = torch.tensor(
             [score_probe_response(r, s["probe_items"], self.denominator, self.fallback)
              for r, s in zip(probes.responses, probes.samples)]
@@ -190,31 +190,34 @@ class PEARL:
         rows = torch.nonzero(torch.isin(probes.group_ids.cpu(), kept)).squeeze(-1)
         probes = probes.select(rows)
         probes.group_ids = torch.searchsorted(kept, probes.group_ids.cpu()).to(probes.group_ids.device)
-        probes.rewards = scores[rows].to(module.device)
-        probes.reward_components = {"probe_accuracy": scores[rows].to(module.device)}
-        self._pending = probes
+        probes.rewards = scores[rows].to(ctx.device)
+        probes.reward_components = {"probe_accuracy": scores[rows].to(ctx.device)}
+        self._pending = (probes, means[kept])
         self._record(probe_score=scores.mean(), gate_pass=keep.float().mean(), bypassed=float(bypass))
         self._record(probe_time_s=time.perf_counter() - t0)
-        return [{**samples[i], "probe_mean": float(means[i])} for i in kept.tolist()]
+        return [samples[i] for i in kept.tolist()]
 
-    def on_rollout(self, rollout: Rollout, module) -> Rollout:
-        probes, self._pending = self._pending, None
-        if probes is None:
+    def on_rollout(self, rollout: Rollout, ctx: StepContext) -> Rollout:
+        pending, self._pending = self._pending, None
+        if pending is None:
             raise RuntimeError("hooks.pearl: on_rollout without probes (on_prompts must run first)")
-        return attach_branch(rollout, probes, module.vlm.processor.tokenizer.pad_token_id)
+        probes, means = pending  # means [B kept prompts]; the rollout's group ids index them
+        main = replace(rollout, extras={**rollout.extras, "pearl_probe_mean": means[rollout.group_ids.cpu()]})
+        probes = replace(probes, extras={**probes.extras, "pearl_probe_mean": means[probes.group_ids.cpu()]})
+        return attach_branch(main, probes, ctx.pad_token_id)
 
     # ----------------------------------------------------------------- H8: reweighting
-    def transform_advantages(self, rollout: Rollout, module) -> torch.Tensor:
-        # probe rows' own rows never got "probe_mean"; their factor is probe_coef whatever it is
-        means = torch.tensor([s.get("probe_mean", 1.0) for s in rollout.samples], device=rollout.advantages.device)
-        branch = rollout.branch_ids().to(rollout.advantages.device)
-        out = reweight(rollout.advantages, branch, means, self.tau, self.probe_coef)
+    def advantage_factor(self, rollout: Rollout, ctx: StepContext) -> torch.Tensor:
+        """max(P̄, tau) on reasoning rows, probe_coef on probe rows (:func:`reweight` with A = 1)."""
+        means = rollout.extras["pearl_probe_mean"].to(rollout.rewards.device)  # probe rows: factor = probe_coef
+        branch = rollout.branch_ids().to(means.device)
+        out = reweight(torch.ones_like(means), branch, means, self.tau, self.probe_coef)
         main = branch == 0
         stats = {f"pearl/{k}": sum(v) / len(v) for k, v in self._stats.items()}
         stats["pearl/reweight_mean"] = float(means[main].clamp(min=self.tau).mean())
         stats["pearl/probe_seq_frac"] = float((~main).float().mean())
         stats["pearl/probe_accuracy_kept"] = float(rollout.rewards[~main].float().mean()) if (~main).any() else 0.0
-        module.log_dict(stats, on_step=True)
+        ctx.log(stats)
         self._stats = {}
         return out
 

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import torch
 
-from vrl.models.scoring import response_logits, response_targets, score_logprobs
+from vrl.hooks import Hook, PassResult, StepContext, TokenWeights
+from vrl.models.scoring import response_targets
 from vrl.types import Rollout, cat_rollouts
 
 SCOPES = ("step", "rank", "mini", "micro", "published", "released")
@@ -28,6 +29,34 @@ def token_dependency_k3(logprobs: torch.Tensor, perturbed_logprobs: torch.Tensor
     """
     d = (perturbed_logprobs - logprobs).clamp(-20.0, 20.0)
     return (torch.exp(d) - d - 1.0).clamp(0.0, 10.0)
+
+
+def tas_alpha(
+    seq_score: torch.Tensor,
+    has_tokens: torch.Tensor,
+    beta_min: float,
+    score_min: torch.Tensor | None = None,
+    score_max: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Trajectory-level advantage shaping (TAS): alpha [N] from the mean dependency per response [N].
+
+    S_hat = clip((S - S_min) / (S_max - S_min), 0, 1), mu = mean(S_hat), alpha = beta_min + S_hat (1 - beta_min)
+    / (mu + 1e-8): responses that lean on the image more get a larger factor, the mean factor is 1. alpha = 1
+    when S_max - S_min <= 1e-6 (no spread to rank by) and on rows without tokens (left out of min, max and
+    mean). ``score_min`` / ``score_max`` given: the scope's extrema (taken elsewhere, e.g. over ranks).
+    ``vrl_kernels`` fuses this formula into its top-k kernel and checks itself against it.
+    """
+    s = seq_score.float()
+    inf = torch.tensor(float("inf"), device=s.device)
+    s_min = torch.where(has_tokens, s, inf).amin() if score_min is None else score_min.to(s)
+    s_max = torch.where(has_tokens, s, -inf).amax() if score_max is None else score_max.to(s)
+    span = s_max - s_min
+    ok = span > 1e-6
+    s_hat = ((s - s_min) / torch.where(ok, span, torch.ones_like(span))).clamp(0.0, 1.0)
+    s_hat = torch.where(has_tokens, s_hat, torch.zeros_like(s_hat))
+    mu = s_hat.sum() / has_tokens.sum().clamp_min(1)
+    alpha = beta_min + s_hat * (1.0 - beta_min) / (mu + 1e-8)
+    return torch.where(ok & has_tokens, alpha, torch.ones_like(alpha))
 
 
 def scoped_alpha(
@@ -55,8 +84,6 @@ def scoped_alpha(
         gather: callable(tensor) -> tensor stacking a scalar over ranks (``LightningModule.all_gather``).
         mini_chunk: the rank's mini-batch size in sequences for ``released``; None = the whole batch.
     """
-    from vrl_kernels import vppo_alpha_reference
-
     if scope not in SCOPES:
         raise ValueError(f"hooks.vppo.scale_scope={scope!r}; choose one of {SCOPES}")
     inf = torch.tensor(float("inf"), device=seq_score.device)
@@ -66,7 +93,7 @@ def scoped_alpha(
         lo, hi = local_min, local_max
         if scope == "step" and gather is not None:
             lo, hi = gather(local_min).amin(), gather(local_max).amax()
-        return vppo_alpha_reference(seq_score, has_tokens, beta_min, lo, hi)
+        return tas_alpha(seq_score, has_tokens, beta_min, lo, hi)
     alpha = torch.ones_like(seq_score, dtype=torch.float32)
     if scope == "released":  # [mini-batch [micro-batch ...] ...], both contiguous as the loop slices them
         for mini in torch.arange(seq_score.shape[0], device=seq_score.device).split(mini_chunk or len(seq_score)):
@@ -74,15 +101,15 @@ def scoped_alpha(
             lo = torch.where(valid, seq_score[mini], inf).amin()
             hi = torch.where(valid, seq_score[mini], -inf).amax()
             for idx in mini.split(chunk):
-                alpha[idx] = vppo_alpha_reference(seq_score[idx], has_tokens[idx], beta_min, lo, hi)
+                alpha[idx] = tas_alpha(seq_score[idx], has_tokens[idx], beta_min, lo, hi)
         return alpha
     for idx in torch.arange(seq_score.shape[0], device=seq_score.device).split(chunk):
         lo, hi = (local_min, local_max) if scope == "published" else (None, None)
-        alpha[idx] = vppo_alpha_reference(seq_score[idx], has_tokens[idx], beta_min, lo, hi)
+        alpha[idx] = tas_alpha(seq_score[idx], has_tokens[idx], beta_min, lo, hi)
     return alpha
 
 
-class VPPO:
+class VPPO(Hook):
     """VPPO's perturbed-image pass, token filter and trajectory shaping, as one hook (``+method=vppo``).
 
     Args:
@@ -135,121 +162,106 @@ class VPPO:
         self.needs_old_logprobs = not paired_pass or dependency == "exact_kl"
 
     # H7: the perturbed teacher-forced pass -------------------------------------------------------------
-    def extra_pass(self, rollout: Rollout, module) -> None:
+    def extra_pass(self, rollout: Rollout, ctx: StepContext) -> PassResult:
         """Dependency, mask and TAS factors of the main-branch sequences (auxiliary branches, e.g. PEARL's
         probes, keep every token and alpha = 1, as in core.md §6)."""
         t0 = time.perf_counter()
         main = None if rollout.branch is None else torch.nonzero(rollout.branch.cpu() == 0).squeeze(-1)
         sub = rollout if main is None else rollout.select(main)
-        perturbed = replace(sub, pixel_values=self._perturb(sub, module))
-        obj = module.objective
-        score_args = (obj.temperature, module.micro_batch_size, obj.kernel_impl, obj.suppress_ids)
+        pixels = self._perturb(sub, ctx)
+        old = None
         if self.dependency == "exact_kl":
-            score = self._exact_kl(sub, perturbed, module)
+            score = self._exact_kl(sub, pixels, ctx)
         elif rollout.old_logprobs is None:  # paired: one pass over [rollout; perturbed], twice the chunk
-            both = cat_rollouts([rollout, perturbed], module.vlm.processor.tokenizer.pad_token_id)
-            lp = score_logprobs(module.policy, both, score_args[0], 2 * score_args[1], *score_args[2:])
+            both = cat_rollouts([rollout, replace(sub, pixel_values=pixels)], ctx.pad_token_id)
+            lp = ctx.score(both, micro_batch_size=2 * ctx.micro_batch_size)
             n = rollout.num_sequences
-            rollout.old_logprobs = lp[:n]
-            score = token_dependency_k3(lp[:n] if main is None else lp[:n][main.to(lp.device)], lp[n:])
+            old = lp[:n]
+            score = token_dependency_k3(old if main is None else old[main.to(lp.device)], lp[n:])
         else:
-            lp_pert = score_logprobs(module.policy, perturbed, *score_args)
-            score = token_dependency_k3(sub.old_logprobs, lp_pert)
-        sub.extras["visual_dependency"] = score * sub.response_mask
-        self._shape(sub, module)
+            score = token_dependency_k3(sub.old_logprobs, ctx.score(sub, pixel_values=pixels))
+        extras = self._shape(score * sub.response_mask, sub.response_mask, ctx)
         if main is not None:
-            _scatter_main(rollout, sub, main)
-        module.log_dict(self._metrics(sub, time.perf_counter() - t0), on_step=True)
+            extras = _scatter_main(rollout.response_mask, extras, main)
+        ctx.log(self._metrics(rollout.response_mask if main is None else sub.response_mask, extras, main, t0))
+        return PassResult(extras=extras, old_logprobs=old)
 
-    def _perturb(self, rollout: Rollout, module) -> torch.Tensor:
-        if rollout.pixel_values is None:
+    def _perturb(self, rollout: Rollout, ctx: StepContext) -> torch.Tensor:
+        if rollout.pixel_values is None or ctx.vision is None:
             raise ValueError("hooks.vppo: the rollout has no images to perturb (text-only data?)")
         from vrl.methods.perturb import per_image_keys
 
         keys = rollout.group_ids if self.mask_scope == "group" else torch.arange(rollout.num_sequences)
         # distinct keys per image slot, so two images of one response get independent masks
         image_keys = per_image_keys(rollout.images_per_seq.cpu(), keys.cpu())
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + module.global_step)
-        ip = module.vlm.processor.image_processor
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.step)
+        v = ctx.vision
         return self.perturbation(
-            rollout.pixel_values, rollout.image_grid_thw, image_keys, gen, ip.image_mean, ip.image_std,
-            module.vlm.patch_size, getattr(ip, "temporal_patch_size", 2), module.vlm.merge_size,
+            rollout.pixel_values, rollout.image_grid_thw, image_keys, gen, v.image_mean, v.image_std,
+            v.patch_size, v.temporal_patch_size, v.merge_size,
         )  # fmt: skip
 
     @torch.no_grad()
-    def _exact_kl(self, rollout: Rollout, perturbed: Rollout, module) -> torch.Tensor:
+    def _exact_kl(self, rollout: Rollout, pixels: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         from vrl_kernels import dual_vocab_stats
 
-        obj, chunks = module.objective, []
-        for idx in torch.arange(rollout.num_sequences).split(module.micro_batch_size):
+        perturbed, chunks = replace(rollout, pixel_values=pixels), []
+        for idx in torch.arange(rollout.num_sequences).split(ctx.micro_batch_size):
             a, b = rollout.select(idx), perturbed.select(idx)
-            logits = response_logits(module.policy, a, obj.temperature, obj.suppress_ids)
-            logits_pert = response_logits(module.policy, b, obj.temperature, obj.suppress_ids)
-            chunks.append(dual_vocab_stats(logits, logits_pert, response_targets(a), impl=obj.kernel_impl).kl)
+            kl = dual_vocab_stats(ctx.logits(a), ctx.logits(b), response_targets(a), impl=ctx.kernel_impl).kl
+            chunks.append(kl)
         return torch.cat(chunks).clamp(min=0.0)
 
     # TGF mask and TAS factors, computed once per step ---------------------------------------------------
-    def _shape(self, rollout: Rollout, module) -> None:
+    def _shape(self, dependency: torch.Tensor, mask: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
         from vrl_kernels import segmented_topk_mask_and_shape
 
-        mask = rollout.response_mask
-        impl = module.objective.kernel_impl
-        out = segmented_topk_mask_and_shape(rollout.extras["visual_dependency"], mask, rho=self.rho, impl=impl)
-        chunk = (
-            module.mini_batch_size if self.scale_scope == "mini" and module.mini_batch_size else module.micro_batch_size
-        )
-        gather = module.all_gather if _world_size(module) > 1 else None
+        out = segmented_topk_mask_and_shape(dependency, mask, rho=self.rho, impl=ctx.kernel_impl)
+        mini = ctx.mini_batch_size
+        chunk = mini if self.scale_scope == "mini" and mini else ctx.micro_batch_size
         has_tokens = mask.sum(-1) > 0
-        alpha = scoped_alpha(
-            out.seq_score, has_tokens, self.beta_min, self.scale_scope, chunk, gather, module.mini_batch_size
-        )
-        rollout.extras["vppo_token_mask"] = out.token_mask.to(mask.dtype)
-        rollout.extras["vppo_alpha"] = alpha.to(mask.dtype)
-        rollout.extras["vppo_seq_score"] = out.seq_score
+        alpha = scoped_alpha(out.seq_score, has_tokens, self.beta_min, self.scale_scope, chunk, ctx.gather, mini)
+        return {
+            "visual_dependency": dependency,
+            "vppo_token_mask": out.token_mask.to(mask.dtype),
+            "vppo_alpha": alpha.to(mask.dtype),
+            "vppo_seq_score": out.seq_score,
+        }
 
     # H8: after group normalisation ------------------------------------------------------------------
-    def transform_advantages(self, rollout: Rollout, module) -> torch.Tensor:
-        return rollout.advantages * rollout.extras["vppo_alpha"].to(rollout.advantages.device)
+    def advantage_factor(self, rollout: Rollout, ctx: StepContext) -> torch.Tensor:
+        return rollout.extras["vppo_alpha"]
 
     # H9: top-k tokens carry the policy gradient --------------------------------------------------------
-    def token_mask(self, rollout: Rollout, module) -> torch.Tensor:
+    def token_weights(self, rollout: Rollout, ctx: StepContext) -> TokenWeights:
         kept = rollout.extras["vppo_token_mask"]
-        if self.normalize_by_kept:
-            rollout.norm_mask = kept * rollout.response_mask
-        return kept
+        return TokenWeights(loss=kept, norm=kept * rollout.response_mask if self.normalize_by_kept else None)
 
-    def _metrics(self, rollout: Rollout, seconds: float) -> dict[str, float]:
-        mask = rollout.response_mask
-        dep = rollout.extras["visual_dependency"]
-        alpha = rollout.extras["vppo_alpha"]
+    @staticmethod
+    def _metrics(mask: torch.Tensor, extras: dict, main: torch.Tensor | None, t0: float) -> dict[str, float]:
+        """Over the main-branch sequences (``main`` indexes them in ``extras`` when branches are attached)."""
+        pick = (lambda t: t) if main is None else (lambda t: t[main.to(t.device)])
+        dep, kept, alpha = (pick(extras[k]) for k in ("visual_dependency", "vppo_token_mask", "vppo_alpha"))
         return {
             "vppo/dependency_mean": float(dep.sum() / mask.sum().clamp(min=1)),
-            "vppo/kept_token_frac": float(rollout.extras["vppo_token_mask"].sum() / mask.sum().clamp(min=1)),
+            "vppo/kept_token_frac": float(kept.sum() / mask.sum().clamp(min=1)),
             "vppo/alpha_min": float(alpha.min()),
             "vppo/alpha_max": float(alpha.max()),
             "vppo/alpha_std": float(alpha.std()) if alpha.numel() > 1 else 0.0,
-            "perf/vppo_pass_s": seconds,
+            "perf/vppo_pass_s": time.perf_counter() - t0,
         }
 
 
-def _scatter_main(rollout: Rollout, sub: Rollout, main: torch.Tensor) -> None:
-    """Write the main-branch results of ``sub`` into the full rollout; auxiliary rows keep every valid token
-    (mask = response mask), alpha = 1 and dependency 0."""
-    mask = rollout.response_mask
+def _scatter_main(mask: torch.Tensor, sub: dict[str, torch.Tensor], main: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The main-branch results ``sub`` spread over all N rows (``mask`` [N, L]); auxiliary rows keep every valid
+    token (mask = response mask), alpha = 1 and dependency 0."""
+    n = mask.shape[0]
     full = {
         "visual_dependency": torch.zeros_like(mask),
         "vppo_token_mask": mask.clone(),
-        "vppo_alpha": torch.ones(rollout.num_sequences, dtype=mask.dtype, device=mask.device),
-        "vppo_seq_score": torch.zeros(rollout.num_sequences, dtype=mask.dtype, device=mask.device),
+        "vppo_alpha": torch.ones(n, dtype=mask.dtype, device=mask.device),
+        "vppo_seq_score": torch.zeros(n, dtype=mask.dtype, device=mask.device),
     }
     for key, value in full.items():
-        value[main.to(value.device)] = sub.extras[key].to(value.dtype)
-        rollout.extras[key] = value
-
-
-def _world_size(module) -> int:
-    """Data-parallel ranks; 1 when the module is driven without a Trainer (tests, notebooks)."""
-    try:
-        return module.trainer.world_size
-    except RuntimeError:
-        return 1
+        value[main.to(value.device)] = sub[key].to(value.dtype)
+    return full

@@ -31,7 +31,8 @@ the paper's formula was not found and the published numbers come from the code, 
 **Difficulty weight W** = {easy 1.0, middle 1.2, hard 1.5} by map, + 0.5 for a planning question that needs
 a transfer. W is the same for every rollout of a prompt, so a std-normalised advantage (GRPO's group
 z-score) divides it out again, up to eps (shared/methods/core.md §5.6). ``weight_after_norm=True`` leaves W
-out of the reward, and :class:`DifficultyWeight` multiplies it into the advantages after normalisation,
+out of the reward, and :class:`vrl.methods.rewardmap.DifficultyWeight` multiplies it into the advantages
+after normalisation,
 where it does scale the update; ``vrl.validate`` warns when W sits where it cancels.
 
 Deliberate differences from the published parser, all lenient: ``\\text{yes}`` inside a box reads as
@@ -51,10 +52,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import torch
-
-from vrl.types import Rollout
 
 from .extract import last_boxed
 
@@ -251,7 +248,7 @@ class RewardMap:
         hooks = [
             f"hooks.{k}"
             for k, v in (cfg.get("hooks") or {}).items()
-            if v and v.get("_target_") and get_object(v["_target_"]) is DifficultyWeight
+            if v and v.get("_target_") and get_object(v["_target_"]).__name__ == "DifficultyWeight"
         ]
         after_norm = bool(OmegaConf.select(cfg, f"{path}.weight_after_norm", default=False))
         where = f"{path}: RewardMap's difficulty weight W"
@@ -335,28 +332,3 @@ def _correct(response: str, sample: Mapping[str, Any]) -> bool:
     if kind != "planning":
         return short_correct(kind, response, sample["answer"])
     return route_correct(parse_route(response), metro_lines(sample["metro"]), sample["station_1"], sample["station_2"])
-
-
-class DifficultyWeight:
-    """Advantage hook (H8): A'_i = W(sample_i) * A_i, applying RewardMap's W after group normalisation.
-
-    Use with ``RewardMap(weight_after_norm=True)``; the knobs must match the reward's (the method preset
-    interpolates them). W > 0, so advantage signs are kept; it composes multiplicatively with other H8
-    factors.
-
-    Args:
-        difficulty_weights: difficulty_city -> W; None for the published weights.
-        transfer_bonus: added to W for planning questions that need a transfer.
-        order: hook order; 40 runs after VPPO's factor (30), which does not matter for a product.
-    """
-
-    def __init__(
-        self, difficulty_weights: Mapping[str, float] | None = None, transfer_bonus: float = 0.5, order: int = 40
-    ) -> None:
-        self.difficulty_weights = dict(difficulty_weights or DIFFICULTY_WEIGHTS)
-        self.transfer_bonus, self.order = transfer_bonus, order
-
-    def transform_advantages(self, rollout: Rollout, module: Any) -> torch.Tensor:
-        adv = rollout.advantages
-        w = [difficulty_weight(s, self.difficulty_weights, self.transfer_bonus) for s in rollout.samples]
-        return adv * torch.tensor(w, dtype=adv.dtype, device=adv.device)
