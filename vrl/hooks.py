@@ -26,7 +26,7 @@ own cross-group config rules, run by ``vrl.validate`` before anything is built).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,8 +264,12 @@ class HookSet:
                 keep = k.to(torch.bool) if keep is None else keep & k.to(torch.bool)
         return keep
 
-    def extra_pass(self, rollout: Rollout, ctx: StepContext) -> list[PassResult]:
-        return [r for h in self.hooks if (r := h.extra_pass(rollout, ctx)) is not None]
+    def extra_pass(self, rollout: Rollout, ctx: StepContext) -> Iterator[PassResult]:
+        """Each hook's result in turn: the loop writes one into the rollout before the next hook runs, so a
+        later pass can read an earlier one's extras."""
+        for h in self.hooks:
+            if (result := h.extra_pass(rollout, ctx)) is not None:
+                yield result
 
     def advantage_factor(self, rollout: Rollout, ctx: StepContext) -> torch.Tensor | None:
         """Product of every hook's factor [N], or None when no hook rescales advantages."""

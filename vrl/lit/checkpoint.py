@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vrl.errors import ConfigError
+from vrl.lit.context import metrics_seen
 
 log = logging.getLogger("vrl")
 
@@ -215,3 +216,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+def loop_state(module: Any) -> dict[str, Any]:
+    """Everything an ``RLModule`` needs besides its weights to continue exactly: the prompt stream's position,
+    the hooks' state, the lr a stage replaced, the last logged metrics (a curriculum's switch rule reads them),
+    the bad/empty step counters, the reward set's state and every RNG."""
+    settings = module.settings
+    return {
+        "prompts": settings.base["prompts"].state_dict() if settings else None,
+        "hooks": module.hooks.state_dict(),
+        "settings": settings.state_dict() if settings else {},
+        "metrics": metrics_seen(module),
+        **module.guard.state_dict(),
+        "reward": module.reward.state_dict(),
+        "rng": rng_state(),
+    }
+
+
+def restore_loop_state(module: Any, state: dict[str, Any]) -> None:
+    """Put back what :func:`loop_state` saved (after ``setup`` built the prompt stream)."""
+    if state.get("prompts") and module.settings is not None:
+        module.settings.base["prompts"].load_state_dict(state["prompts"])
+    module.hooks.load_state_dict(state.get("hooks", {}))
+    if module.settings is not None:
+        module.settings.load_state_dict(state.get("settings", {}))
+    module._restored_metrics = dict(state.get("metrics", {}))
+    module.guard.load_state_dict(state)
+    module.reward.load_state_dict(state.get("reward", {}))
+    set_rng_state(state["rng"])

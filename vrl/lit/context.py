@@ -6,13 +6,15 @@ The loop (``vrl.lit.rl_module``) owns every piece of state here; hooks see a fro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
 
-from vrl.hooks import Sampling, StageSettings, VisionLayout
+from vrl.hooks import Sampling, StageSettings, StepContext, VisionLayout
+from vrl.lit.sft import build_sft_rollout
 from vrl.models.scoring import response_logits, score_logprobs
 from vrl.types import Rollout
 
@@ -61,8 +63,6 @@ class Scorer:
 
 
 def _with_pixels(rollout: Rollout, pixel_values: torch.Tensor) -> Rollout:
-    from dataclasses import replace
-
     return replace(rollout, pixel_values=pixel_values)
 
 
@@ -125,3 +125,65 @@ def float_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
             out[key] = float(value)
     return out
+
+
+def step_context(module: Any) -> StepContext:
+    """The ``StepContext`` of an ``RLModule``'s current step (also without a Trainer: tests, notebooks)."""
+    attached = module._trainer is not None
+    world = max(1, module.trainer.world_size) if attached else 1
+    scorer = Scorer(module.policy, module.objective, module.micro_batch_size)
+    sampler = module.sampler
+    return StepContext(
+        step=module.global_step,
+        seed=module.data_seed,
+        sampling=sampling_of(sampler),
+        batch_size=module.batch_size,
+        micro_batch_size=module.micro_batch_size,
+        mini_batch_size=module.mini_batch_size,
+        rank=module.global_rank,
+        world_size=world,
+        gather=module.all_gather if world > 1 else None,
+        vision=vision_layout(module.vlm),
+        pad_token_id=module.vlm.processor.tokenizer.pad_token_id,
+        kernel_impl=module.objective.kernel_impl,
+        device=module.device,
+        train_data=module.train_data,
+        reward=module.settings.base["reward"] if module.settings is not None else module.reward,
+        metrics=metrics_seen(module),
+        score=scorer.score,
+        logits=scorer.logits,
+        generate=functools.partial(generate_with, sampler, module.vlm),
+        pairs=functools.partial(
+            build_sft_rollout, module.vlm, system_prompt=sampler.system_prompt, prompt_suffix=sampler.prompt_suffix
+        ),
+        log=module._step_metrics.update,
+        print=module.print,
+        tag=functools.partial(tag_run, module.logger if attached else None),
+    )
+
+
+def generate_with(
+    sampler: Any, vlm: Any, rows: list[dict], group_size: int | None = None, greedy: bool = False, **sampling: Any
+) -> Rollout:
+    """The context's ``generate``: an auxiliary rollout, with sampler settings for this call only."""
+    saved = {k: getattr(sampler, k) for k in sampling}
+    try:
+        for key, value in sampling.items():
+            if value is not None:
+                setattr(sampler, key, value)
+        return sampler.generate(vlm, rows, group_size=group_size, greedy=greedy)
+    finally:
+        for key, value in saved.items():
+            setattr(sampler, key, value)
+
+
+def metrics_seen(module: Any) -> dict[str, float]:
+    """Every metric's last value: this process's, over what a resumed run restored from its checkpoint."""
+    live = float_metrics(module.trainer.callback_metrics) if module._trainer is not None else {}
+    return {**module._restored_metrics, **live}
+
+
+def tag_run(logger: Any, key: str, value: Any) -> None:
+    """An MLflow tag on the run; nothing without an MLflow logger."""
+    if logger is not None and hasattr(logger, "run_id") and hasattr(logger.experiment, "set_tag"):
+        logger.experiment.set_tag(logger.run_id, key, value)

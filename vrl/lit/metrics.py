@@ -54,3 +54,12 @@ def update_metrics(totals: dict[str, float], losses: list[float], grad_norms: li
         if f"{key}_sum" in totals:
             out[f"policy/{key}" if key != "kl" else "policy/kl_ref"] = totals[f"{key}_sum"] / tokens
     return out
+
+
+def perf_metrics(rollout: Rollout, elapsed: float, rollout_time: float) -> dict[str, float]:
+    """Step time, the share spent sampling and scoring rewards, and tokens (prompt + response) per second."""
+    return {
+        "perf/step_time_s": elapsed,
+        "perf/rollout_time_s": rollout_time,
+        "perf/tokens_per_s": float(rollout.attention_mask.sum()) / elapsed,
+    }

@@ -16,7 +16,6 @@ mini-batch and PPO epoch).
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -24,16 +23,16 @@ from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
 from vrl.data.source import PromptSource, StepTicks
 from vrl.hooks import HookSet, StepContext
-from vrl.lit.checkpoint import rng_state, set_rng_state
-from vrl.lit.context import RunSettings, Scorer, float_metrics, sampling_of, vision_layout
+from vrl.lit.checkpoint import loop_state, restore_loop_state
+from vrl.lit.context import RunSettings, step_context
+from vrl.lit.guard import StepGuard
 from vrl.lit.loss import Objective
-from vrl.lit.metrics import rollout_metrics, update_metrics
-from vrl.lit.sft import build_sft_rollout, sft_backward
+from vrl.lit.metrics import perf_metrics, rollout_metrics, update_metrics
+from vrl.lit.sft import sft_backward
 from vrl.methods.advantage import Advantage
 from vrl.models.scoring import score_logprobs
 from vrl.rewards.combine import RewardSet
@@ -78,16 +77,16 @@ class RLModule(L.LightningModule):
         optimizer: Callable,
         train_data: Any,
         val_data: Any = None,
-        batch_size: int = 4,
+        batch_size: int = 8,
         hooks: Mapping[str, Any] | None = None,
         scheduler: Callable | None = None,
         ppo_epochs: int = 1,
         mini_batch_size: int | None = None,
-        micro_batch_size: int = 16,
+        micro_batch_size: int = 32,
         max_grad_norm: float | None = 1.0,
         max_bad_steps: int = 3,
         max_empty_steps: int = 200,
-        val_batch_size: int = 16,
+        val_batch_size: int = 32,
         log_rollouts_every: int = 0,
         data_seed: int = 0,
     ) -> None:
@@ -103,15 +102,9 @@ class RLModule(L.LightningModule):
         self.train_data, self.val_data = train_data, val_data
         self.batch_size, self.val_batch_size, self.data_seed = batch_size, val_batch_size, data_seed
         self.hooks = hooks if isinstance(hooks, HookSet) else HookSet(hooks)
-        self.ppo_epochs, self.mini_batch_size, self.micro_batch_size = (
-            ppo_epochs,
-            mini_batch_size,
-            micro_batch_size,
-        )
-        self.max_grad_norm, self.max_bad_steps, self.max_empty_steps = max_grad_norm, max_bad_steps, max_empty_steps
+        self.ppo_epochs, self.mini_batch_size, self.micro_batch_size = ppo_epochs, mini_batch_size, micro_batch_size
+        self.guard = StepGuard(max_grad_norm, max_bad_steps, max_empty_steps)
         self.log_rollouts_every = log_rollouts_every
-        self.bad_steps = 0
-        self.empty_steps = 0
         self.prompts: PromptSource | None = None  # the stream drawn from this step (a stage may swap it)
         self.settings: RunSettings | None = None  # the run's own settings, which stages override per step
         self._restored_metrics: dict[str, float] = {}
@@ -159,10 +152,7 @@ class RLModule(L.LightningModule):
         opt = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return opt
-        return {
-            "optimizer": opt,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"},
-        }
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
 
     # ----------------------------------------------------------------- the RL step
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -179,25 +169,20 @@ class RLModule(L.LightningModule):
             return
         rollout = self.make_rollout(ctx)
         t_rollout = time.perf_counter() - t0
-        if rollout is None or rollout.num_sequences == 0:
-            self._empty_step()
+        if rollout is None or rollout.num_sequences == 0:  # every prompt gated or every group filtered out
+            self.log_dict({**self._sampling_stats, **self._step_metrics, "train/empty_steps": 1.0}, on_step=True)
+            self.guard.empty(self, self._sampling_stats["rollout/generate_calls"])
             return
-        self.empty_steps = 0
+        self.guard.empty_steps = 0
         self.score_passes(rollout, ctx)
         rollout.advantages = self.advantage(rollout.rewards, rollout.advantage_groups()).to(self.device)
         if (factor := self.hooks.advantage_factor(rollout, ctx)) is not None:  # H8
             rollout.advantages = rollout.advantages * factor.to(rollout.advantages)
         rollout.loss_mask, rollout.norm_mask = self.hooks.token_weights(rollout, ctx)  # H9
         stats = self.update(rollout, ctx)
-        elapsed = time.perf_counter() - t0
         metrics = rollout_metrics(rollout.main()) | stats | self._sampling_stats | self._step_metrics
-        metrics |= {
-            "perf/step_time_s": elapsed,
-            "perf/rollout_time_s": t_rollout,
-            "perf/tokens_per_s": float(rollout.attention_mask.sum()) / elapsed,
-            "train/lr": self.optimizers().param_groups[0]["lr"],
-        }
-        metrics |= self.reward.pop_stats()
+        metrics |= perf_metrics(rollout, time.perf_counter() - t0, t_rollout) | self.reward.pop_stats()
+        metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.num_sequences)
         self.log("reward", metrics["rollout/reward_mean"], prog_bar=True, logger=False)
         if "train/loss" in metrics:
@@ -207,34 +192,7 @@ class RLModule(L.LightningModule):
 
     def context(self) -> StepContext:
         """What hooks may read this step (``vrl.hooks.StepContext``)."""
-        world = max(1, self.trainer.world_size) if self._trainer is not None else 1
-        scorer = Scorer(self.policy, self.objective, self.micro_batch_size)
-        sp, suffix = self.sampler.system_prompt, self.sampler.prompt_suffix
-        return StepContext(
-            step=self.global_step,
-            seed=self.data_seed,
-            sampling=sampling_of(self.sampler),
-            batch_size=self.batch_size,
-            micro_batch_size=self.micro_batch_size,
-            mini_batch_size=self.mini_batch_size,
-            rank=self.global_rank,
-            world_size=world,
-            gather=self.all_gather if world > 1 else None,
-            vision=vision_layout(self.vlm),
-            pad_token_id=self.vlm.processor.tokenizer.pad_token_id,
-            kernel_impl=self.objective.kernel_impl,
-            device=self.device,
-            train_data=self.train_data,
-            reward=self.settings.base["reward"] if self.settings is not None else self.reward,
-            metrics=self._metrics_seen(),
-            score=scorer.score,
-            logits=scorer.logits,
-            generate=self._generate,
-            pairs=functools.partial(build_sft_rollout, self.vlm, system_prompt=sp, prompt_suffix=suffix),
-            log=self._step_metrics.update,
-            print=self.print,
-            tag=self._tag,
-        )
+        return step_context(self)
 
     def make_rollout(self, ctx: StepContext) -> Rollout | None:
         """Prompts -> pre-rollout hooks -> G samples each -> rewards -> attached branches -> group filters,
@@ -282,44 +240,6 @@ class RLModule(L.LightningModule):
             if result.old_logprobs is not None and rollout.old_logprobs is None:
                 rollout.old_logprobs = result.old_logprobs
 
-    def _empty_step(self) -> None:
-        """Every prompt gated or every group filtered out, every try: nothing to learn from this step."""
-        self.log_dict({**self._sampling_stats, **self._step_metrics, "train/empty_steps": 1.0}, on_step=True)
-        self.empty_steps += 1
-        if self.empty_steps > self.max_empty_steps:
-            raise RuntimeError(
-                f"group filters dropped every group for {self.empty_steps} RL steps in a row "
-                f"(update.max_empty_steps={self.max_empty_steps}): check the hooks' keys and bounds"
-            )
-        if self.empty_steps in (1, 10) or self.empty_steps % 100 == 0:
-            tries = self._sampling_stats["rollout/generate_calls"]
-            self.print(
-                f"[vrl] {self.empty_steps} RL step(s) so far had every group filtered out "
-                f"(last: {tries} generate calls); no update on those"
-            )
-
-    def _generate(self, rows: list[dict], group_size: int | None = None, greedy: bool = False, **sampling) -> Rollout:
-        """The context's ``generate``: an auxiliary rollout, with per-call sampler settings."""
-        saved = {k: getattr(self.sampler, k) for k in sampling}
-        try:
-            for key, value in sampling.items():
-                if value is not None:
-                    setattr(self.sampler, key, value)
-            return self.sampler.generate(self.vlm, rows, group_size=group_size, greedy=greedy)
-        finally:
-            for key, value in saved.items():
-                setattr(self.sampler, key, value)
-
-    def _metrics_seen(self) -> dict[str, float]:
-        """Every metric's last value: this process's, over what a resumed run restored from its checkpoint."""
-        live = float_metrics(self.trainer.callback_metrics) if self._trainer is not None else {}
-        return {**self._restored_metrics, **live}
-
-    def _tag(self, key: str, value: Any) -> None:
-        logger = self.logger if self._trainer is not None else None
-        if logger is not None and hasattr(logger, "run_id") and hasattr(logger.experiment, "set_tag"):
-            logger.experiment.set_tag(logger.run_id, key, value)
-
     def _minibatches(self, n: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         return list(order.split(self.mini_batch_size or n))
@@ -338,7 +258,7 @@ class RLModule(L.LightningModule):
                 if mini.branch is not None:  # one denominator per branch -> one per sequence
                     normalizer = normalizer[mini.branch.to(normalizer.device)]
                 loss_total = self._accumulate(mini, normalizer, totals, ctx)
-                if (grad_norm := self._step_optimizer(loss_total)) is not None:
+                if (grad_norm := self.guard.step(self, loss_total)) is not None:
                     losses.append(loss_total)
                     grad_norms.append(grad_norm)
         return update_metrics(totals, losses, grad_norms)
@@ -365,37 +285,9 @@ class RLModule(L.LightningModule):
         loss, tokens = sft_backward(
             self.policy, pairs, self.micro_batch_size, self.objective.suppress_ids, self.manual_backward
         )
-        grad_norm = self._step_optimizer(loss)
+        grad_norm = self.guard.step(self, loss)
         norm = math.nan if grad_norm is None else grad_norm
         return {"sft/loss": loss, "sft/tokens": tokens, "train/grad_norm": norm, "train/lr": lr}
-
-    def _step_optimizer(self, loss_total: float) -> float | None:
-        """Clip, then step the optimizer (and the LR schedule); None, with the step skipped, when the loss or
-        the gradient norm is not finite."""
-        opt, sched = self.optimizers(), self.lr_schedulers()
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-        if not (np.isfinite(loss_total) and np.isfinite(norm)):
-            opt.zero_grad(set_to_none=True)
-            self._bad_step(loss_total, norm)
-            return None
-        self.bad_steps = 0
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if sched is not None:
-            sched.step()
-        return norm
-
-    def _bad_step(self, loss_total: float, norm: float) -> None:
-        self.bad_steps += 1
-        self.log("train/skipped_steps", float(self.bad_steps), on_step=True)
-        self.print(f"[vrl] step {self.global_step}: non-finite loss={loss_total} grad_norm={norm}; step skipped")
-        if self.bad_steps > self.max_bad_steps:
-            raise RuntimeError(
-                f"{self.bad_steps} consecutive non-finite steps (update.max_bad_steps={self.max_bad_steps}); "
-                "stopping. The last checkpoint was written before these steps and is intact."
-            )
 
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
@@ -408,18 +300,9 @@ class RLModule(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}  # frozen weights are rebuilt
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["vrl"] = {
-            "prompts": self.settings.base["prompts"].state_dict() if self.settings else None,
-            "hooks": self.hooks.state_dict(),
-            "settings": self.settings.state_dict() if self.settings else {},
-            "metrics": self._metrics_seen(),
-            "bad_steps": self.bad_steps,
-            "empty_steps": self.empty_steps,
-            "reward": self.reward.state_dict(),
-            "rng": rng_state(),
-        }
+        checkpoint["vrl"] = loop_state(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_state = checkpoint.get("vrl", {})
@@ -427,17 +310,6 @@ class RLModule(L.LightningModule):
     def on_train_start(self) -> None:
         # Restored here rather than in on_load_checkpoint: setup() (which builds the prompt stream) runs after
         # the checkpoint is read, and nothing may draw random numbers between this and the first step.
-        state = getattr(self, "_pending_state", None)
-        if not state:
-            return
-        if state.get("prompts") and self.settings is not None:
-            self.settings.base["prompts"].load_state_dict(state["prompts"])
-        self.hooks.load_state_dict(state.get("hooks", {}))
-        if self.settings is not None:
-            self.settings.load_state_dict(state.get("settings", {}))
-        self._restored_metrics = dict(state.get("metrics", {}))
-        self.bad_steps = state.get("bad_steps", 0)
-        self.empty_steps = state.get("empty_steps", 0)
-        self.reward.load_state_dict(state.get("reward", {}))
-        set_rng_state(state["rng"])
+        if state := getattr(self, "_pending_state", None):
+            restore_loop_state(self, state)
         self._pending_state = None
