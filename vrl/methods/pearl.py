@@ -9,7 +9,7 @@ Per step (core.md §3, §6):
 2. ``on_rollout`` (H5): the kept prompts' probes join the rollout as branch 1 of the same prompt group, so
    the post-rollout filter (``hooks.dynamic_sampling`` with keys ``[accuracy, probe_accuracy]``,
    ``combine: any``: PEARL's OR filter) keeps or drops a prompt's reasoning and probe sequences together.
-3. Advantages are normalised per (group, branch) by the loop; ``transform_advantages`` (H8) then scales the
+3. Advantages are normalised per (group, branch) by the loop; ``advantage_factor`` (H8) then scales the
    reasoning advantages by max(P̄, tau) and the probe advantages by lambda, so the PPO loss over both
    branches, each averaged over its own tokens, is L_main + lambda * L_probe.
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 import torch
 
 from vrl.hooks import Hook, PassResult, StepContext, TokenWeights
+from vrl.methods.entropy_focus import token_entropy, top_fraction_mask
 from vrl.models.scoring import response_targets
 from vrl.types import Rollout, cat_rollouts
 
@@ -127,6 +128,9 @@ class VPPO(Hook):
         paired_pass: when the loop has no other use for old log-probs (one PPO epoch, one mini-batch), score
             the old and the perturbed log-probs in one no-grad pass over [rollout; perturbed rollout] with
             twice the micro-batch, instead of two passes; ``false`` always takes two passes.
+        entropy_rho: the released ``use_vppo_on_entropy`` variant (off in the released runs): also keep the top
+            ``entropy_rho`` highest-entropy tokens of the step (0.2), OR-combined with the perception mask
+            (:mod:`vrl.methods.entropy_focus`; one more no-grad pass over the logits); None = off.
         seed: perturbation seed; the draw also depends on the step, so resumed runs repeat it.
         order: hook order; VPPO's factor applies after PEARL's (core.md §6).
     """
@@ -141,6 +145,7 @@ class VPPO(Hook):
         scale_scope: str = "step",
         normalize_by_kept: bool = False,
         paired_pass: bool = True,
+        entropy_rho: float | None = None,
         seed: int = 0,
         order: int = 30,
     ) -> None:
@@ -158,6 +163,9 @@ class VPPO(Hook):
         self.dependency, self.mask_scope, self.scale_scope = dependency, mask_scope, scale_scope
         self.normalize_by_kept, self.seed, self.order = normalize_by_kept, seed, order
         self.paired_pass = paired_pass
+        if entropy_rho is not None and not 0 < entropy_rho <= 1:
+            raise ValueError(f"hooks.vppo.entropy_rho must be in (0, 1] or null, got {entropy_rho}")
+        self.entropy_rho = entropy_rho
         # with the paired pass, old log-probs come from extra_pass itself (the loop skips its own pass)
         self.needs_old_logprobs = not paired_pass or dependency == "exact_kl"
 
@@ -181,6 +189,9 @@ class VPPO(Hook):
         else:
             score = token_dependency_k3(sub.old_logprobs, ctx.score(sub, pixel_values=pixels))
         extras = self._shape(score * sub.response_mask, sub.response_mask, ctx)
+        if self.entropy_rho is not None:  # OR with the top entropy_rho highest-entropy tokens of the step
+            entropy = top_fraction_mask(token_entropy(sub, ctx), sub.response_mask, self.entropy_rho)
+            extras["vppo_token_mask"] = torch.maximum(extras["vppo_token_mask"], entropy)
         if main is not None:
             extras = _scatter_main(rollout.response_mask, extras, main)
         ctx.log(self._metrics(rollout.response_mask if main is None else sub.response_mask, extras, main, t0))
