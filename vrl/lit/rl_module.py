@@ -175,7 +175,8 @@ class RLModule(L.LightningModule):
             return
         self.guard.empty_steps = 0
         self.score_passes(rollout, ctx)
-        rollout.advantages = self.advantage(rollout.rewards, rollout.advantage_groups()).to(self.device)
+        groups, mask = rollout.advantage_groups(), rollout.response_mask
+        rollout.advantages = self.advantage(rollout.rewards, groups, mask).to(self.device)
         if (factor := self.hooks.advantage_factor(rollout, ctx)) is not None:  # H8
             rollout.advantages = rollout.advantages * factor.to(rollout.advantages)
         rollout.loss_mask, rollout.norm_mask = self.hooks.token_weights(rollout, ctx)  # H9
