@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vrl.methods.kl import K1, K2, K3, k3
+from vrl.methods.kl import K1, K2, K3, Abs, k3
 
 
 def test_estimators_hand_computed():
@@ -34,7 +34,7 @@ def test_k3_clamped_to_10_as_verl_low_var_kl_and_knob_turns_it_off():
 
 
 def test_negative_coef_rejected():
-    for cls in (K1, K2, K3):
+    for cls in (K1, K2, K3, Abs):
         with pytest.raises(ValueError, match="kl.coef"):
             cls(coef=-1.0)
     with pytest.raises(ValueError, match="kl.clamp"):
@@ -44,4 +44,14 @@ def test_negative_coef_rejected():
 def test_fused_says_what_the_kernel_computes():
     # the fused kernel computes k3 only, with the same clamp
     assert K3(clamp=None).fused == {"kl_clamp": None} and K3().fused == {"kl_clamp": 10.0}
-    assert K1().fused is None and K2().fused is None
+    assert K1().fused is None and K2().fused is None and Abs().fused is None
+
+
+def test_abs_estimator_as_verl():
+    # verl kl_penalty_forward "abs": |logp - ref|. logp (-2, -1), ref (-1, -3): |-1| = 1, |2| = 2;
+    # gradient in logp: sign(logp - ref) = (-1, +1), the same size for the small and the large gap (k2: -1, +2).
+    lp = torch.tensor([[-2.0, -1.0]], requires_grad=True)
+    est = Abs(coef=0.1)(lp, torch.tensor([[-1.0, -3.0]]))
+    est.sum().backward()
+    torch.testing.assert_close(est, torch.tensor([[1.0, 2.0]]))
+    torch.testing.assert_close(lp.grad, torch.tensor([[-1.0, 1.0]]))

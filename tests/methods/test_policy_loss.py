@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vrl.methods.policy_loss import GSPO, PPOClip, gspo, ppo_clip
+from vrl.methods.policy_loss import CISPO, GMPO, GSPO, SAPO, PPOClip, gspo, ppo_clip
 
 
 def test_positive_advantage_ratio_clipped_at_one_plus_eps_high():
@@ -106,3 +106,61 @@ def test_classes_call_the_functions_and_say_what_the_kernel_fuses():
     torch.testing.assert_close(GSPO()(lp, old, adv, mask)[0], gspo(lp, old, adv, mask, 3e-4, 4e-4)[0])
     assert PPOClip(0.2, 0.28, 3.0).fused == {"eps_low": 0.2, "eps_high": 0.28, "dual_clip": 3.0}
     assert GSPO().fused is None  # the kernel computes token ratios only
+
+
+def test_cispo_weighs_the_reinforce_gradient_by_the_clipped_ratio():
+    # verl compute_policy_loss_cispo: loss = -sg(clip(r, 1 - eps_low, 1 + eps_high)) * A * log p.
+    # token 0: log p = -1, old -1.5: r = e^0.5 = 1.648721 -> capped at 1.2 (clipped); A = 1: loss = -1.2 * -1 = 1.2,
+    #   gradient -1.2 (PPO's clip would give 0 here: CISPO keeps every token in the gradient).
+    # token 1: log p = -2, old -1: r = e^-1 = 0.367879; no floor (eps_low None): loss = -0.367879 * -2 = 0.735759,
+    #   gradient -0.367879.
+    lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss, info = CISPO(eps_high=0.2)(lp, torch.tensor([[-1.5, -1.0]]), torch.tensor([1.0]), torch.ones(1, 2))
+    loss.sum().backward()
+    torch.testing.assert_close(loss, torch.tensor([[1.2, 0.735759]]))
+    torch.testing.assert_close(lp.grad, torch.tensor([[-1.2, -0.367879]]))
+    assert info["clipped"].tolist() == [[True, False]]
+    # with a floor (eps_low 0.2) token 1's weight is 0.8: gradient -0.8
+    lp.grad = None
+    CISPO(eps_low=0.2)(lp, torch.tensor([[-1.5, -1.0]]), torch.tensor([1.0]), None)[0].sum().backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([[-1.2, -0.8]]))
+
+
+def test_sapo_soft_gate_hand_computed():
+    # verl compute_policy_loss_sapo: loss = -A * sigmoid(tau (r - 1)) * 4 / tau, tau = tau_pos (A > 0) else tau_neg;
+    # gradient in log p: -A * 4 sigma (1 - sigma) r.
+    # A = 1, r = e^0.5 = 1.648721, tau 1: sigma(0.648721) = 0.656722 -> loss -2.626889, gradient
+    #   -4 * 0.656722 * 0.343278 * 1.648721 = -1.486739; at r = 1: loss -2, gradient -1 (= PPO on-policy).
+    lp = torch.tensor([[0.5, 0.0]], requires_grad=True)
+    loss, info = SAPO()(lp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2))
+    loss.sum().backward()
+    torch.testing.assert_close(loss, torch.tensor([[-2.626889, -2.0]]))
+    torch.testing.assert_close(lp.grad, torch.tensor([[-1.486739, -1.0]]))
+    assert not info["clipped"].any()
+    # A = -1 at r = 1 uses tau_neg = 1.05: loss = 0.5 * 4 / 1.05 = 1.904762, gradient +1
+    lp = torch.zeros(1, 1, requires_grad=True)
+    loss, _ = SAPO()(lp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1))
+    loss.sum().backward()
+    torch.testing.assert_close(loss, torch.tensor([[1.904762]]))
+    torch.testing.assert_close(lp.grad, torch.tensor([[1.0]]))
+
+
+def test_gmpo_geometric_mean_with_sign_aware_log_clip():
+    # verl compute_policy_loss_geo_mean, clip (-0.4, 0.4) in log space:
+    # A = 1, log r = (0.6, -0.2): min(x, clip(x)) = (0.4, -0.2) -> s = e^((0.4 - 0.2) / 2) = e^0.1 = 1.105171,
+    #   loss -1.105171; gradient of the mean over 2 sequences: token 0 clipped -> 0, token 1 -1.105171 / 2 tokens / 2
+    #   sequences = -0.276293.
+    # A = -1, log r = (0.6, -0.6): max(x, clip(x)) = (0.6, -0.4) -> s = e^0.1, loss +1.105171; token 0 +0.276293,
+    #   token 1 clipped -> 0. Masked tokens are left out of the mean.
+    from vrl.methods.loss_agg import SeqMeanTokenMean
+
+    lp = torch.tensor([[0.6, -0.2, 9.0], [0.6, -0.6, 9.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    loss, info = GMPO()(lp, torch.zeros(2, 3), torch.tensor([1.0, -1.0]), mask)
+    agg = SeqMeanTokenMean()
+    total = agg(loss, mask, agg.normalizer(mask))  # GMPO's mean over sequences: (-1.105171 + 1.105171) / 2
+    total.backward()
+    torch.testing.assert_close(loss[:, 0], torch.tensor([-1.105171, 1.105171]))
+    torch.testing.assert_close(total, torch.tensor(0.0))
+    torch.testing.assert_close(lp.grad, torch.tensor([[0.0, -0.276293, 0.0], [0.276293, 0.0, 0.0]]))
+    assert (info["clipped"] * mask).tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]

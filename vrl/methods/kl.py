@@ -1,7 +1,8 @@
 """Per-token KL estimators between the policy and the frozen reference (Schulman, "Approximating KL").
 
 With d = ref_logp - logp evaluated at tokens sampled from the policy:
-k1 = -d (unbiased, high variance, can be negative), k2 = d^2 / 2, k3 = exp(d) - d - 1 (unbiased, >= 0).
+k1 = -d (unbiased, high variance, can be negative), k2 = d^2 / 2, k3 = exp(d) - d - 1 (unbiased, >= 0);
+``abs`` = |d| (verl's ``kl_penalty="abs"``: biased, >= 0, a constant-size gradient sign(-d) whatever |d|).
 
 k3 is computed as verl / EasyR1 ``low_var_kl`` (and the RewardMap code) compute it: d clamped to [-20, 20]
 (an exp overflow guard), and the estimate clamped to [-10, 10] (``clamp``; k3 >= 0, so in effect at most
@@ -47,6 +48,11 @@ def k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 def k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """k2 = (ref_logp - logp)^2 / 2."""
     return 0.5 * (ref_logprobs - logprobs) ** 2
+
+
+def abs_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """|logp - ref_logp| (verl's ``abs``)."""
+    return (logprobs - ref_logprobs).abs()
 
 
 def k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, clamp: float | None = 10.0) -> torch.Tensor:
@@ -129,3 +135,25 @@ class K3:
 
     def __call__(self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
         return k3(logprobs, ref_logprobs, self.clamp)
+
+
+@dataclass(frozen=True)
+class Abs:
+    """|logp - ref_logp| (verl ``kl_penalty="abs"``): >= 0 like k3, but its gradient has the same size, 1, for a
+    small and a large gap.
+
+    Args:
+        coef: beta.
+    """
+
+    coef: float = 0.04
+
+    def __post_init__(self) -> None:
+        _check_coef(self.coef)
+
+    @property
+    def fused(self) -> None:
+        return None
+
+    def __call__(self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+        return abs_kl(logprobs, ref_logprobs)

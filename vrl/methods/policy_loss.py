@@ -3,12 +3,12 @@
 Every function returns the per-token loss [n, L] (un-aggregated; ``loss_agg`` reduces it) and detached
 per-token indicators for statistics. Advantages come as [n] and are broadcast over tokens.
 
-Both objectives clamp the log-ratio before ``exp``, as verl (``verl/trainer/ppo/core_algos.py``) and EasyR1
+Every objective clamps the log-ratio before ``exp``, as verl (``verl/trainer/ppo/core_algos.py``) and EasyR1
 (``verl/trainer/core_algos.py``) do: the token log-ratio to [-20, 20] (``LOG_RATIO_CLAMP``), GSPO's sequence
 log-ratio to at most 10 (``GSPO_LOG_RATIO_MAX``, verl's ``compute_policy_loss_gspo``). Inside those bounds
 nothing changes; beyond them the ratio is constant (zero gradient) instead of growing to inf, where
 -A * inf with A = 0 (an all-equal group) made the loss NaN. ``vrl_kernels.masked_grpo_loss`` applies the same
-clamp.
+clamp. (verl clamps CISPO's and SAPO's log-ratio too; its GMPO leaves the clamp commented out.)
 
 Each option (``conf/policy_loss/<option>.yaml``) targets one small class that calls these functions (the
 ``PolicyLoss`` protocol); its ``fused`` property says whether the fused kernel can compute it.
@@ -90,6 +90,70 @@ def gspo(
     return loss, {"clipped": (clipped > unclipped).detach()}
 
 
+def cispo(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float | None = None,
+    eps_high: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): loss_t = -sg(clip(r_t, 1 - eps_low, 1 + eps_high)) * A * log p_t.
+
+    The ratio only weighs the REINFORCE gradient -A * grad log p; no token is dropped from the gradient, as PPO's
+    clip does. ``eps_low=None`` leaves the ratio without a floor (the paper tunes only eps_high). The loss value
+    is not a surrogate of the return (it contains log p), only its gradient is meaningful.
+    """
+    adv = advantages if advantages.dim() == 2 else advantages[:, None]
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach()
+    weight = ratio.clamp(min=None if eps_low is None else 1.0 - eps_low, max=1.0 + eps_high)
+    return -weight * adv * logprobs, {"clipped": weight != ratio}
+
+
+def sapo(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    tau_pos: float = 1.0,
+    tau_neg: float = 1.05,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SAPO (arXiv 2511.20347): a smooth gate instead of the hard clip, loss_t = -A * f(r_t),
+    f(r) = sigmoid(tau (r - 1)) * 4 / tau with tau = tau_pos where A > 0, else tau_neg.
+
+    d loss / d log p = -A * 4 sigma (1 - sigma) r: -A at r = 1 (on-policy, as PPO), fading smoothly off-policy.
+    Nothing is clipped (``clipped`` is all False).
+    """
+    adv = advantages if advantages.dim() == 2 else advantages[:, None]
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    tau = torch.where(adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg))
+    loss = -adv * torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)
+    return loss, {"clipped": torch.zeros_like(loss, dtype=torch.bool)}
+
+
+def gmpo(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    eps_low: float = 0.4,
+    eps_high: float = 0.4,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GMPO (Zhao et al., arXiv 2507.20673): the geometric mean of the token ratios instead of their arithmetic mean.
+
+    Token log-ratios are clipped in log space, on the side the advantage's sign makes pessimistic
+    (A > 0: min(x, clip(x, -eps_low, eps_high)); A < 0: the max), and s_i = exp(mean_t x_t) over the valid tokens;
+    the sequence loss -A_i s_i is written on each of its tokens, so ``loss_agg=seq_mean_token_mean`` gives GMPO's
+    mean over sequences (verl ``compute_policy_loss_geo_mean``).
+    """
+    adv = advantages if advantages.dim() == 1 else advantages[:, 0]
+    mask = response_mask.to(logprobs.dtype)
+    x = (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    sign = torch.sign(adv)[:, None]
+    kept = sign * torch.minimum(sign * x, sign * x.clamp(-eps_low, eps_high))
+    seq_ratio = torch.exp((kept * mask).sum(-1) / mask.sum(-1).clamp(min=1))
+    loss = (-adv * seq_ratio)[:, None].expand_as(logprobs)
+    return loss, {"clipped": ((kept != x) & (sign != 0)).detach()}
+
+
 class PolicyLoss(Protocol):
     """What the objective calls (``conf/policy_loss/<option>.yaml`` targets one of the classes below)."""
 
@@ -161,3 +225,74 @@ class GSPO:
 
     def __call__(self, logprobs, old_logprobs, advantages, mask):
         return gspo(logprobs, old_logprobs, advantages, mask, self.eps_low, self.eps_high)
+
+
+@dataclass(frozen=True)
+class CISPO:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): clipped, stop-gradient importance weight on the REINFORCE gradient.
+
+    Args:
+        eps_low: floor 1 - eps_low of the weight, or null for none (the paper: only the upper bound is tuned).
+        eps_high: cap 1 + eps_high of the weight.
+    """
+
+    eps_low: float | None = None
+    eps_high: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_clip(0.0 if self.eps_low is None else self.eps_low, self.eps_high)
+
+    @property
+    def fused(self) -> None:
+        return None
+
+    def __call__(self, logprobs, old_logprobs, advantages, mask):
+        return cispo(logprobs, old_logprobs, advantages, self.eps_low, self.eps_high)
+
+
+@dataclass(frozen=True)
+class SAPO:
+    """SAPO (arXiv 2511.20347): soft, sigmoid-gated ratio instead of the hard clip.
+
+    Args:
+        tau_pos: gate temperature for A > 0 (verl's default 1.0).
+        tau_neg: gate temperature for A <= 0 (1.05: negative tokens' gate decays faster).
+    """
+
+    tau_pos: float = 1.0
+    tau_neg: float = 1.05
+
+    def __post_init__(self) -> None:
+        if self.tau_pos <= 0 or self.tau_neg <= 0:
+            raise ValueError(f"policy_loss.tau_pos/tau_neg must be > 0, got {self.tau_pos}/{self.tau_neg}")
+
+    @property
+    def fused(self) -> None:
+        return None
+
+    def __call__(self, logprobs, old_logprobs, advantages, mask):
+        return sapo(logprobs, old_logprobs, advantages, self.tau_pos, self.tau_neg)
+
+
+@dataclass(frozen=True)
+class GMPO:
+    """GMPO (arXiv 2507.20673): geometric-mean sequence ratio with sign-aware log-space clipping.
+
+    Args:
+        eps_low: log-ratio floor -eps_low (the paper's clip range (e^-0.4, e^0.4)).
+        eps_high: log-ratio cap eps_high.
+    """
+
+    eps_low: float = 0.4
+    eps_high: float = 0.4
+
+    def __post_init__(self) -> None:
+        if self.eps_low < 0 or self.eps_high < 0:
+            raise ValueError(f"policy_loss.eps_low/eps_high must be >= 0, got {self.eps_low}/{self.eps_high}")
+
+    @property
+    def fused(self) -> None:
+        return None
+
+    def __call__(self, logprobs, old_logprobs, advantages, mask):
+        return gmpo(logprobs, old_logprobs, advantages, mask, self.eps_low, self.eps_high)
