@@ -87,7 +87,7 @@ class RLModule(L.LightningModule):
         max_bad_steps: int = 3,
         max_empty_steps: int = 200,
         val_batch_size: int = 32,
-        log_rollouts_every: int = 0,
+        log_rollouts_every: int = 20,
         data_seed: int = 0,
     ) -> None:
         super().__init__()
