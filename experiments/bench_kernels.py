@@ -339,9 +339,11 @@ def _check_tiny(op: str, d: dict) -> None:
         resp = d["resp"]
         args = (d["ids"], d["old"], d["adv"], resp, resp.float(), resp.sum().float())
         pairs = [(vk.masked_grpo_loss(d["leaf"], *args, impl=impl)[0].detach() for impl in ("triton", "torch"))]
-    err = max((a.float() - b.float()).abs().max().item() for a, b in pairs)
+    # relative to max(1, |reference|): K3's loss reaches ~6e3 at these shapes (ratios e^6.5), where fp32 rounding
+    # alone is 5e-4 in absolute terms (the Triton value is the closer one to fp64 there)
+    err = max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1)).item() for a, b in pairs)
     assert err < 1e-4 and not torch.isnan(torch.tensor(err)), f"{op}: Triton disagrees with the reference ({err})"
-    print(f"  check {op}: max |triton - reference| = {err:.2e}")
+    print(f"  check {op}: max |triton - reference| / max(1, |reference|) = {err:.2e}")
 
 
 def to_markdown(rows: list[dict], info: dict, bandwidth: float | None) -> str:
@@ -392,6 +394,13 @@ def goal_verdicts(rows: list[dict], n_goal: int = 16384) -> list[str]:
     return out
 
 
+def write_results(out: Path, rows: list[dict], info: dict, bandwidth: float | None) -> str:
+    md = to_markdown(rows, info, bandwidth)
+    (out / "results.md").write_text(md)
+    (out / "results.json").write_text(json.dumps({"env": info, "copy_bw": bandwidth, "rows": rows}, indent=2))
+    return md
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "cpu":
@@ -413,16 +422,14 @@ def main(argv=None) -> int:
         return 2
     torch.manual_seed(0)
     bandwidth = copy_bandwidth(args.device, args.tiny)
+    out = args.out or Path("outputs/bench_kernels") / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for op in args.ops:
         for n in args.ns:
             print(f"{op} N={n}")
             rows += run_case(op, n, args, bandwidth)
-    out = args.out or Path("outputs/bench_kernels") / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(rows, info, bandwidth)
-    (out / "results.md").write_text(md)
-    (out / "results.json").write_text(json.dumps({"env": info, "copy_bw": bandwidth, "rows": rows}, indent=2))
+            md = write_results(out, rows, info, bandwidth)  # after every case: a run cut short keeps its rows
     print(md)
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
     return 0
