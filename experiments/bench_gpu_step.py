@@ -287,8 +287,15 @@ def build_vlm(args, dtype, lora_r: int):
         freeze_vision_tower(model)
     if not args.no_checkpointing:
         _enable_checkpointing(model)
+    lora_error = None
     if lora_r:
-        model = apply_lora(model, _lora_settings({"r": lora_r}), seed=args.seed, input_grads=not args.no_checkpointing)
+        try:
+            model = apply_lora(
+                model, _lora_settings({"r": lora_r}), seed=args.seed, input_grads=not args.no_checkpointing
+            )
+        except Exception as err:  # noqa: BLE001 - an unusable peft on the image: measure full fine-tuning instead
+            lora_error, lora_r = f"{type(err).__name__}: {err}"[:300], 0
+            print(f"[bench] LoRA failed ({lora_error}); going on with full fine-tuning (reported in the JSON)")
     trainable = count_parameters(model)[0]
     vlm = VLM(model, processor, "qwen2_5_vl", 14, 2, is_lora=bool(lora_r))
     info = {
@@ -300,6 +307,7 @@ def build_vlm(args, dtype, lora_r: int):
         "build_s": round(build_s, 2),
         "dtype": str(dtype),
         "lora_r": lora_r,
+        "lora_error": lora_error,
         "freeze_vision": not args.no_freeze_vision,
         "checkpointing": not args.no_checkpointing,
     }
