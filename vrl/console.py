@@ -154,7 +154,7 @@ def run_summary(
         hooks: the module's hooks (``RLModule.hooks.hooks``), asked whether one ended the run by design.
         output_dir: the run directory (Hydra's; config under ``.hydra/``, checkpoints under ``checkpoints/``).
         policy_dir: where the policy was saved, or None when it was not (``save_policy=false``).
-        logger: the MLflow logger (``vrl.tracking.build_mlflow_logger``), or None (``logger=none``).
+        logger: the run's logger (MLflow, or Lightning's CSV/TensorBoard/W&B logger), or None (``logger=none``).
         elapsed: seconds spent fitting, when known.
     """
     stopped = stop_reason(trainer, hooks)
@@ -183,6 +183,8 @@ def run_summary(
         view = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
         lines.append(f"[vrl] MLflow run {logger.run_id} in {uri}")
         lines.append(f"[vrl] view it with: {view}")
+    elif logger is not None and getattr(logger, "log_dir", None):  # logger=csv|tensorboard (Lightning's own)
+        lines.append(f"[vrl] metrics: {Path(logger.log_dir).resolve()} ({type(logger).__name__})")
     return RunSummary(lines, stopped)
 
 

@@ -68,6 +68,49 @@ def build_mlflow_logger(
     )
 
 
+def _require(package: str, option: str) -> None:
+    """Stop at start, in one line, when ``logger=<option>`` needs a package that is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"logger={option} needs the {package} package, which is not installed: pip install {package} "
+            "(or use logger=mlflow, logger=csv or logger=none)"
+        )
+
+
+def build_tensorboard_logger(save_dir: str, name: str = "tensorboard", **kwargs: Any):
+    """Lightning's ``TensorBoardLogger`` (``logger=tensorboard``); ``tensorboard`` must be installed."""
+    _require("tensorboard", "tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(save_dir=save_dir, name=name, version="", default_hp_metric=False, **kwargs)
+
+
+def build_wandb_logger(project: str = "vrl", name: str | None = None, save_dir: str = ".", **kwargs: Any):
+    """Lightning's ``WandbLogger`` (``logger=wandb``); ``wandb`` must be installed."""
+    _require("wandb", "wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(project=project, name=name, save_dir=save_dir, **kwargs)
+
+
+def is_mlflow(logger: Any) -> bool:
+    """Whether ``logger`` is the MLflow logger (run metadata, rollout tables and resume apply to it only)."""
+    return logger is not None and hasattr(logger, "run_id") and hasattr(logger, "_tracking_uri")
+
+
+def takes_run_name(target: str) -> bool:
+    """Whether the logger ``target`` (a ``_target_`` path) accepts ``run_name`` and ``tags`` (vrl's MLflow
+    builder); Lightning's own loggers are built from their config as it is."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    params = inspect.signature(get_method(target)).parameters
+    return "run_name" in params and "tags" in params
+
+
 def check_tracking_server(uri: str, timeout_s: float) -> None:
     """Raise ``ConfigError`` unless an MLflow server answers ``GET /health`` at ``uri`` within ``timeout_s``."""
     import urllib.error

@@ -57,12 +57,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
 
     _quiet()
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from vrl.build import build_module, build_trainer
     from vrl.lit.checkpoint import Checkpoints, resolve_resume
     from vrl.tracking import (
         RolloutTableLogger,
         dataset_fingerprint,
         git_commit,
+        is_mlflow,
         log_run_metadata,
         reap_dead_runs,
         sweep_parent,
@@ -73,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     logger = _logger(cfg, resumed.get("mlflow_run_id"))  # a dead tracking server too, before the model is built
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
-    if logger is not None:
+    if is_mlflow(logger) and rank_zero_only.rank == 0:  # under DDP the other ranks' logger is a stand-in
         if resumed.get("mlflow_run_id"):
             logger.continue_run()  # the same MLflow run, each step logged once
         else:
@@ -103,11 +106,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _logger(cfg: DictConfig, run_id: str | None):
-    """The MLflow logger (None with ``logger=none``): a new, named run, or the checkpoint's run on resume."""
+    """The run's logger (None with ``logger=none``). MLflow: a new, named run, or the checkpoint's run on resume;
+    Lightning's own loggers (``logger=csv|tensorboard|wandb``) as their config says."""
     if not cfg.get("logger"):
         return None
-    from vrl.tracking import run_identity
+    from vrl.tracking import run_identity, takes_run_name
 
+    if not takes_run_name(cfg.logger._target_):
+        return instantiate(cfg.logger)
     if run_id:
         return instantiate(cfg.logger, run_id=run_id)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -128,7 +134,9 @@ def _stopped_by_signal(keeper, logger, output_dir: str, step: int) -> None:
         f"[vrl] resume with: python -m vrl hydra.run.dir={output_dir} ckpt_path=last (same overrides)",
         file=sys.stderr,
     )
-    if logger is not None and logger.run_id:
+    from vrl.tracking import is_mlflow
+
+    if is_mlflow(logger) and logger.run_id:
         logger.experiment.set_terminated(logger.run_id, "KILLED")
     sys.exit(128 + int(keeper.signal))
 
