@@ -83,7 +83,7 @@ def rewardmap_rows(steps: int, batch: int) -> tuple[int, int, int, int]:
 def arms_for(method: str, steps: int, batch: int) -> tuple[list[str], dict[str, list[str]]]:
     """(overrides shared by every arm, arm name -> its own overrides)."""
     if method == "perception_r1":
-        base = ["experiment=color_words", "+method=perception_r1", "rollout.max_new_tokens=6",
+        base = ["experiment=color_words", "+method=perception_r1", "sampler.max_new_tokens=6",
                 f"trainer.max_steps={steps}"]  # fmt: skip
         return base, {"visual": [], "no_visual": ["reward.visual.weight=0"]}
     if method == "curr_reft":
@@ -95,7 +95,7 @@ def arms_for(method: str, steps: int, batch: int) -> tuple[list[str], dict[str, 
             f"+data.val={{_target_:vrl.data.multilabel.build_with_classify,tasks:{OPEN_TASKS},formats:[yesno,mc,open],"
             "num_samples:96,seed:${seed},split:val,image_size:112}"
         )
-        base = ["experiment=none", "+method=curr_reft", f"data_loader.batch_size={batch}", "rollout.max_new_tokens=4",
+        base = ["experiment=none", "+method=curr_reft", f"data_loader.batch_size={batch}", "sampler.max_new_tokens=4",
                 "~reward.accuracy", LABEL_ACC, "~data.train", union, "~data.val", val]  # fmt: skip
         staged = [
             f"~{S}open.reward",
@@ -111,13 +111,13 @@ def arms_for(method: str, steps: int, batch: int) -> tuple[list[str], dict[str, 
         return base, {
             "curriculum+sft": staged,
             "curriculum": [*staged, f"~{S}sft"],
-            "shuffled": ["curriculum=none", "rollout.group_size=4", f"trainer.max_steps={steps}"],
+            "shuffled": ["curriculum=none", "sampler.group_size=4", f"trainer.max_steps={steps}"],
             "shuffled+sft": one_stage,
         }
     if method == "rewardmap":
         tf, lines, stops, plan = rewardmap_rows(steps, batch)
-        base = ["experiment=none", "+method=rewardmap", f"data_loader.batch_size={batch}", "rollout.group_size=4",
-                "rollout.max_new_tokens=1", "data.train.image_size=112", "data.train.difficulties=[easy]",
+        base = ["experiment=none", "+method=rewardmap", f"data_loader.batch_size={batch}", "sampler.group_size=4",
+                "sampler.max_new_tokens=1", "data.train.image_size=112", "data.train.difficulties=[easy]",
                 "data.train.mode=stream", f"data.train.num_samples={steps * batch}"]  # fmt: skip
         staged = [
             f"{S}tf.data.num_samples={tf}",

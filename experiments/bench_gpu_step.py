@@ -20,7 +20,7 @@ not depend on their values). ``--tiny`` swaps in vrl's tiny config (its own ~800
 128 on the language model, vision tower and merger frozen, bf16 weights, activation checkpointing, 224-px images
 (64 image tokens), B=8 prompts x G=8, 256 new tokens forced with ``min_new_tokens`` (a random policy would stop
 at random lengths), micro-batches of 8, AdamW lr 1e-5, think/answer + accuracy reward. Each repetition generates
-once (vrl's ``HFRollout``), scores rewards (``RewardSet``) and advantages (``Advantage``) once, then runs every arm's
+once (vrl's ``HFSampler``), scores rewards (``RewardSet``) and advantages (``Advantage``) once, then runs every arm's
 post-generation stages on a fresh copy of that rollout, in rotated order, with vrl's own ``score_logprobs``,
 ``Objective``, ``VPPO`` hook and ``vrl_kernels``; each arm then takes its optimizer step. Step time of an arm =
 generate + reward + advantage + the arm's stages. ``RLModule``/Lightning is not built (it needs Hydra-built
@@ -33,7 +33,7 @@ hook: clip 0.2/0.28, dual clip 3, nll 0.06), ``vppo`` (+ the hook: paired no-gra
 blackened rollout], K2 top-k mask and TAS), ``vppo_triton`` (same with ``kernels=triton``: K1, K2, K3).
 
 **Mismatch (part ``mismatch``).** ``generate(..., output_logits=True, output_scores=True,
-return_dict_in_generate=True)`` through ``HFRollout``; the sampler's log-prob of each emitted token is
+return_dict_in_generate=True)`` through ``HFSampler``; the sampler's log-prob of each emitted token is
 log_softmax of the raw step logits after the scorer's transform (/temperature, suppressed ids at -1e9:
 ``vrl.models.scoring.response_logits``) and, separately, of the processed scores (what was actually sampled
 from); both are compared with ``score_logprobs`` (teacher-forced, micro-batches of 8) on the valid response tokens.
@@ -117,7 +117,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mm-group", type=int, default=4, help="mismatch: samples per prompt")
     p.add_argument("--mm-new-tokens", type=int, default=128, help="mismatch: max new tokens (not forced)")
     p.add_argument("--mm-dtypes", default="bfloat16,float32")
-    p.add_argument("--temperature", type=float, default=1.0, help="rollout temperature (conf/rollout: 1.0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="rollout temperature (conf/sampler: 1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--collect", nargs=2, metavar=("WORK", "OUT"), help="aggregate a gpu_session.sh run; no torch")
     p.add_argument("--print-summary", action="store_true", help="with --collect: print the short result table")
@@ -455,7 +455,7 @@ def run_arm(arm: str, base, vlm, optimizer, args, step: int) -> dict:
     import torch
 
     from vrl.models.scoring import score_logprobs
-    from vrl.rollout.hf import suppressed_token_ids
+    from vrl.sampler.hf import suppressed_token_ids
 
     policy, device = vlm.model, args.device
     objective, hook = arm_parts(arm, args, suppressed_token_ids(vlm.processor.tokenizer))
@@ -494,7 +494,7 @@ def part_step(args, out: dict, save) -> None:
 
     from vrl.rewards import Accuracy, ThinkAnswerFormat
     from vrl.rewards.combine import RewardSet
-    from vrl.rollout.hf import HFRollout
+    from vrl.sampler.hf import HFSampler
 
     t_start = time.perf_counter()
     dtype = torch.float32 if args.device == "cpu" and args.tiny else torch.bfloat16
@@ -504,7 +504,7 @@ def part_step(args, out: dict, save) -> None:
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.999), weight_decay=0.0
     )
-    engine = HFRollout(
+    engine = HFSampler(
         group_size=args.group, max_new_tokens=args.new_tokens, temperature=args.temperature, prompt_suffix=SUFFIX
     )
     reward = RewardSet({"accuracy": Accuracy(), "format": ThinkAnswerFormat(weight=0.1)})
@@ -683,7 +683,7 @@ def part_mismatch(args, out: dict, save) -> None:
     import torch
 
     from vrl.models.scoring import score_logprobs
-    from vrl.rollout.hf import HFRollout, suppressed_token_ids
+    from vrl.sampler.hf import HFSampler, suppressed_token_ids
 
     res = out.setdefault("mismatch", {})
     dtypes = [getattr(torch, d) for d in args.mm_dtypes.split(",") if d]
@@ -691,7 +691,7 @@ def part_mismatch(args, out: dict, save) -> None:
     model = vlm.model.eval()
     tok = vlm.processor.tokenizer
     suppress = suppressed_token_ids(tok)
-    engine = HFRollout(group_size=args.mm_group, max_new_tokens=args.mm_new_tokens, temperature=args.temperature)
+    engine = HFSampler(group_size=args.mm_group, max_new_tokens=args.mm_new_tokens, temperature=args.temperature)
     rows = make_rows(args.mm_batch, args.image_size, args.seed + 1)
     res["config"] = info | {
         "batch": args.mm_batch,

@@ -15,7 +15,7 @@ What is compared, per setting (B prompts, G generations, L max completion tokens
   function.
 * **the same settings**: B prompts x G completions per step (TRL 1.16's ``per_device_train_batch_size``
   counts *completions*, so it is B*G, with ``gradient_accumulation_steps=1``: one generation batch and one
-  optimizer step per step); ``max_completion_length`` = ``rollout.max_new_tokens`` = L; temperature 1.0,
+  optimizer step per step); ``max_completion_length`` = ``sampler.max_new_tokens`` = L; temperature 1.0,
   top_p 1, no top-k; no KL (beta 0, no reference model); token-mean loss (TRL ``loss_type="dapo"``, vrl
   ``loss_agg=token_mean``); clip 0.2; torch AdamW (lr 1e-3, no weight decay), constant LR, grad-norm clip 1;
   one forward/backward chunk; fp32 on CPU; one process; no logging backend, checkpoints or evaluation.
@@ -184,9 +184,9 @@ def vrl_overrides(model_dir: str, out_dir: str, b: int, g: int, length: int, max
         f"trainer.max_steps={max_steps}",
         "trainer.enable_progress_bar=false",
         f"data_loader.batch_size={b}",
-        f"rollout.group_size={g}",
-        f"rollout.max_new_tokens={length}",
-        "rollout.temperature=1.0",
+        f"sampler.group_size={g}",
+        f"sampler.max_new_tokens={length}",
+        "sampler.temperature=1.0",
         f"optimizer.lr={LR}",
         "optimizer.weight_decay=0.0",
         f"update.micro_batch_size={b * g}",  # one forward/backward, like TRL's single chunk
@@ -236,7 +236,7 @@ def check_same_prompt(model_dir: str, vrl_rows, trl_rows) -> dict:
     from trl.data_utils import prepare_multimodal_messages
 
     from vrl.models.processor import load_processor
-    from vrl.rollout.prompts import encode_prompts
+    from vrl.sampler.prompts import encode_prompts
 
     proc = load_processor(model_dir, "qwen2_5_vl")
     enc, _ = encode_prompts(proc, [dict(vrl_rows[0])])
@@ -315,7 +315,7 @@ def instrument_vrl(module, timer: StageTimer) -> None:
     module.prompts.next_batch = timer.wrap("data: next_batch (rows, PNG decode)", module.prompts.next_batch)
     instrument_model(module.vlm.model, timer)
     module.vlm.model.generate = timer.wrap("rollout: model.generate", module.vlm.model.generate)
-    module.sampler.generate = timer.wrap("rollout: HFRollout.generate", module.sampler.generate)
+    module.sampler.generate = timer.wrap("rollout: HFSampler.generate", module.sampler.generate)
     module.reward = _TimedProxy(module.reward, timer, "reward")
     module.advantage = _TimedProxy(module.advantage, timer, "advantage")
     module.score_passes = timer.wrap("score passes (old/ref log-probs)", module.score_passes)
@@ -337,7 +337,7 @@ def module_level_timers(timer: StageTimer | None):
         yield
         return
     import vrl.lit.rl_module as rlm
-    import vrl.rollout.hf as hf
+    import vrl.sampler.hf as hf
 
     saved = (hf.encode_prompts, rlm.rollout_metrics)
     hf.encode_prompts = timer.wrap("rollout: encode prompts (chat template + image processor)", saved[0])
@@ -750,7 +750,7 @@ def prototype(spec: str):
             patch(rlm.RLModule, "log", lambda self, *a, **k: None)
         elif name == "no_suppress":
             import vrl.lit.rl_module as rlm
-            import vrl.rollout.hf as hf
+            import vrl.sampler.hf as hf
 
             patch(hf, "suppressed_token_ids", lambda tokenizer: [])
             patch(rlm, "suppressed_token_ids", lambda tokenizer: [])
@@ -880,7 +880,7 @@ CPROFILE_FOCUS = [
     ("transformers generate (all of it)", "generation/utils.py", "generate"),
     ("M-RoPE positions (get_rope_index, all calls)", "modeling_qwen2_5_vl.py", "get_rope_index"),
     ("vision features (get_image_features, all calls)", "modeling_qwen2_5_vl.py", "get_image_features"),
-    ("encode_prompts (chat template + processor)", "vrl/rollout/prompts.py", "encode_prompts"),
+    ("encode_prompts (chat template + processor)", "vrl/sampler/prompts.py", "encode_prompts"),
     ("Lightning self.log_dict", "lightning/pytorch/core/module.py", "log_dict"),
     ("Lightning self.log (all calls)", "lightning/pytorch/core/module.py", "log"),
     ("loss forward (Objective.__call__)", "vrl/lit/loss.py", "__call__"),

@@ -9,7 +9,7 @@ import pytest
 from vrl.cli import check_group_overrides, group_options
 from vrl.errors import ConfigError
 
-METHODS = "curr_reft, dapo, dr_grpo, grpo, gspo, pearl, perception_r1, rewardmap, vppo"
+METHODS = "curr_reft, dapo, dr_grpo, entropy_focus, grpo, gspo, pearl, perception_r1, rewardmap, vppo"
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ def test_objective_node_follows_the_groups_and_the_sampling_temperature(compose)
     from vrl.methods.loss_agg import SeqMeanTokenMean
     from vrl.methods.policy_loss import PPOClip
 
-    cfg = compose(["+method=vppo", "kl=k3", "kl.coef=0.1", "rollout.temperature=0.7"])
+    cfg = compose(["+method=vppo", "kl=k3", "kl.coef=0.1", "sampler.temperature=0.7"])
     objective = instantiate(cfg.objective)
     assert objective.policy_loss == PPOClip(0.2, 0.28, 3.0) and objective.kl == K3(coef=0.1)
     assert objective.temperature == 0.7 and objective.kernel_impl == "torch" and objective.nll_coef == 0.06

@@ -28,7 +28,7 @@ def test_overlong_penalty_on_one_token_responses_warns(compose, caplog):
     # token, so it starts at 1 - 1 = 0 free tokens and every response (length 1) is penalised
     message = _one(_warnings(compose, caplog, ["+method=dapo"]), "penalises every response")
     assert "reward.overlong" in message
-    assert "rollout.max_new_tokens" in message
+    assert "sampler.max_new_tokens" in message
     # color_words allows 4 tokens: window 1 token (round(0.8)), lengths 1..3 are free: nothing to say
     assert not [m for m in _warnings(compose, caplog, ["+method=dapo", "experiment=color_words"]) if "overlong" in m]
 
@@ -42,7 +42,7 @@ def test_overlong_window_beyond_the_cap_warns_that_it_never_applies(compose, cap
 @pytest.mark.parametrize(("group_size", "passes"), [(2, False), (4, True)])
 def test_range_filter_that_no_group_of_g_can_pass_is_an_error(compose, group_size, passes):
     # 0/1 accuracy: a group's mean is k/G. G=2: 0, 0.5, 1, none strictly inside (0.6, 0.99); G=4: 0.75 is
-    overrides = ["+method=vppo", f"rollout.group_size={group_size}", "hooks.dynamic_sampling.lo=0.6"]
+    overrides = ["+method=vppo", f"sampler.group_size={group_size}", "hooks.dynamic_sampling.lo=0.6"]
     if passes:
         validate_config(compose([*overrides, "output_dir=/tmp/x"]))
         return
@@ -52,7 +52,7 @@ def test_range_filter_that_no_group_of_g_can_pass_is_an_error(compose, group_siz
 
 def test_range_filter_with_partial_credit_is_not_judged(compose):
     # choice_partial_credit makes accuracy a fraction, so group means are not limited to k/G
-    overrides = ["+method=vppo", "rollout.group_size=2", "hooks.dynamic_sampling.lo=0.6"]
+    overrides = ["+method=vppo", "sampler.group_size=2", "hooks.dynamic_sampling.lo=0.6"]
     validate_config(compose([*overrides, "+reward.accuracy.choice_partial_credit=true", "output_dir=/tmp/x"]))
 
 
@@ -61,15 +61,15 @@ def test_empty_range_and_greedy_sampling_are_errors(compose):
         validate_config(
             compose(["+method=vppo", "hooks.dynamic_sampling.lo=0.5", "hooks.dynamic_sampling.hi=0.5", "output_dir=/x"])
         )
-    with pytest.raises(ConfigError, match=r"rollout\.top_k=1 .* identical"):
-        validate_config(compose(["rollout.top_k=1", "output_dir=/tmp/x"]))
+    with pytest.raises(ConfigError, match=r"sampler\.top_k=1 .* identical"):
+        validate_config(compose(["sampler.top_k=1", "output_dir=/tmp/x"]))
 
 
 def test_format_reward_that_cannot_fit_in_the_response_warns(compose, caplog):
     # <think> </think> <answer> </answer>: at least one token each, plus a one-token answer = 5 > 1
     message = _one(_warnings(compose, caplog, ["reward=think_format"]), "can never score")
     assert ">= 5 tokens" in message
-    roomy = _warnings(compose, caplog, ["reward=think_format", "rollout.max_new_tokens=5"])
+    roomy = _warnings(compose, caplog, ["reward=think_format", "sampler.max_new_tokens=5"])
     assert not [m for m in roomy if "never" in m]
     # Perception-R1's own pattern spells out <think> </think> <answer> </answer>: 4 tokens at least
     assert ">= 4 tokens" in _one(_warnings(compose, caplog, ["+method=perception_r1"]), "reward.format can never")

@@ -4,9 +4,9 @@ Layers, lowest first (a module belongs to the longest prefix that names it):
 
 - base: containers, errors, utilities, the Triton kernels (pure tensor functions) and the answer-text parsers
   (``vrl.rewards.extract`` imports nothing from vrl: data derives checklists with it, rewards score with it);
-- data: rows, scenes, annotations, tag parsing and the prompt template (``vrl.rollout.prompts``);
+- data: rows, scenes, annotations, tag parsing and the prompt template (``vrl.sampler.prompts``);
   models: the VLM bundle and teacher-forced scoring;
-- rollout: samplers; rewards: reward terms and judges; data checks: preflight of rows against the reward
+- sampler: the samplers (``vrl.sampler``); rewards: reward terms and judges; data checks: preflight of rows against the reward
   parsers and prompt templates (above both);
 - methods: method math and hooks; lit: the Lightning loop; app: config, build, train, command line.
 
@@ -23,9 +23,9 @@ import vrl
 
 LAYERS = [
     ("base", ["vrl.types", "vrl.errors", "vrl.utils", "vrl.rewards.extract", "vrl_kernels"]),
-    ("data", ["vrl.data", "vrl.rollout.prompts"]),
+    ("data", ["vrl.data", "vrl.sampler.prompts"]),
     ("models", ["vrl.models"]),
-    ("rollout", ["vrl.rollout"]),
+    ("sampler", ["vrl.sampler"]),
     ("rewards", ["vrl.rewards", "vrl.judges"]),
     ("data checks", ["vrl.data.preflight", "vrl.data.row_check"]),
     ("methods", ["vrl.methods", "vrl.hooks"]),

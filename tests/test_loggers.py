@@ -14,12 +14,12 @@ def test_csv_logger_writes_every_step_and_the_summary_names_it(compose, tiny_ove
 
     cfg = compose([*tiny_overrides, "logger=csv", "update.log_rollouts_every=1"])
     metrics = run(cfg)
-    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").open()))
     steps = sorted({int(r["step"]) for r in rows if r.get("train/loss")})
     assert steps == [0, 1]  # one row per optimizer step (the rollout table is MLflow's: skipped here)
     assert any(r.get("val/accuracy") for r in rows)
     assert "val/accuracy" in metrics
-    assert f"[vrl] metrics: {(tmp_path / 'csv').resolve()} (CSVLogger)" in capsys.readouterr().out
+    assert f"[vrl] metrics: {(tmp_path / 'csv' / 'version_0').resolve()} (CSVLogger)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("option", "package"), [("tensorboard", "tensorboard"), ("wandb", "wandb")])

@@ -12,9 +12,9 @@ from vrl.validate import ConfigError, validate_config
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        (["+rollout.group_sizee=3"], "rollout.group_sizee"),  # unknown key (struct mode lets + add it)
-        (["rollout.group_size=abc"], "rollout.group_size"),  # wrong type
-        (["rollout.group_size=1"], "rollout.group_size"),  # G < 2
+        (["+sampler.group_sizee=3"], "sampler.group_sizee"),  # unknown key (struct mode lets + add it)
+        (["sampler.group_size=abc"], "sampler.group_size"),  # wrong type
+        (["sampler.group_size=1"], "sampler.group_size"),  # G < 2
         (["policy_loss.eps_low=-0.1"], "policy_loss.eps_low"),  # negative clip
         (["kl=k3", "kl.coef=-1"], "kl.coef"),
         (["loss_agg=seq_mean_token_sum_norm", "loss_agg.max_len=0"], "loss_agg.max_len"),
@@ -57,11 +57,11 @@ def test_default_and_presets_validate(compose):
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-P", "-m", "vrl", "rollout.group_size=1", "logger=none"],
+        [sys.executable, "-P", "-m", "vrl", "sampler.group_size=1", "logger=none"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""},
     )  # fmt: skip
     assert out.returncode == 2
-    assert "[vrl] config error: rollout: rollout.group_size (G) must be >= 2" in out.stderr
+    assert "[vrl] config error: sampler: sampler.group_size (G) must be >= 2" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing was built
 
@@ -72,10 +72,10 @@ HEAVY = {"lightning", "transformers", "mlflow", "datasets", "peft", "matplotlib"
 @pytest.mark.parametrize(
     ("args", "banned", "message"),
     [
-        (["+rollout.group_sizee=3"], HEAVY | {"torch"}, "rollout.group_sizee: unknown key"),  # read from source
-        (["rollout.group_size=abc"], HEAVY | {"torch"}, "rollout.group_size: expected int"),
+        (["+sampler.group_sizee=3"], HEAVY | {"torch"}, "sampler.group_sizee: unknown key"),  # read from source
+        (["sampler.group_size=abc"], HEAVY | {"torch"}, "sampler.group_size: expected int"),
         (["threads.intra_op=0"], HEAVY, "threads.intra_op must be 'auto' or an integer >= 1"),
-        (["rollout.group_size=1"], HEAVY, "rollout.group_size (G) must be >= 2"),  # the constructor's own check
+        (["sampler.group_size=1"], HEAVY, "sampler.group_size (G) must be >= 2"),  # the constructor's own check
     ],
 )
 def test_config_errors_come_before_heavy_imports(tmp_path, args, banned, message):

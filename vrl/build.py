@@ -24,20 +24,20 @@ def _optional(node: Any) -> Any:
 
 
 def build_module(cfg: DictConfig) -> RLModule:
-    """Policy, rollout, rewards, method axes, hooks and data -> the RLModule."""
+    """Policy, sampler, rewards, method axes, hooks and data -> the RLModule."""
     vlm = instantiate(cfg.model)
-    rollout = instantiate(cfg.rollout)
+    sampler = instantiate(cfg.sampler)
     hooks = {name: instantiate(node) for name, node in (cfg.get("hooks") or {}).items() if node}
     train_data, val_data = instantiate(cfg.data.train), _optional(cfg.data.get("val"))
     if cfg.data.get("preflight"):  # drop (or stop on) bad rows before the first step: vrl/data/preflight.py
         from vrl.data.preflight import run_preflight
 
-        check = {"system_prompt": rollout.system_prompt, "prompt_suffix": rollout.prompt_suffix, **cfg.data.preflight}
+        check = {"system_prompt": sampler.system_prompt, "prompt_suffix": sampler.prompt_suffix, **cfg.data.preflight}
         train_data = run_preflight(train_data, vlm.processor, "train", **check)
         val_data = None if val_data is None else run_preflight(val_data, vlm.processor, "val", **check)
     return RLModule(
         model=vlm,
-        rollout=rollout,
+        sampler=sampler,
         reward=(instantiate(cfg.reward_sandbox) if cfg.get("reward_sandbox") else RewardSet)(instantiate(cfg.reward)),
         advantage=instantiate(cfg.advantage),
         objective=instantiate(cfg.objective),

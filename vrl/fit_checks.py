@@ -47,10 +47,10 @@ def _nodes(cfg: DictConfig, group: str, cls_path: str) -> dict[str, Any]:
 
 def _check_sampling(cfg: DictConfig) -> None:
     """top_k = 1 is greedy decoding: the G samples of a prompt are identical and every advantage is 0."""
-    rollout = cfg.get("rollout") or {}
-    if rollout.get("top_k") == 1:
+    sampler = cfg.get("sampler") or {}
+    if sampler.get("top_k") == 1:
         raise ConfigError(
-            "rollout.top_k=1 samples greedily: the G responses of a prompt are identical, so every group "
+            "sampler.top_k=1 samples greedily: the G responses of a prompt are identical, so every group "
             "advantage is 0 and nothing is learned; use top_k=0 (off) or >= 2"
         )
 
@@ -63,7 +63,7 @@ def _binary_terms(cfg: DictConfig) -> set[str]:
 
 def _check_group_filters(cfg: DictConfig) -> None:
     """A ``mean_in_range`` filter no group can pass: with 0/1 values a group mean is one of k/G, k = 0..G."""
-    group_size = int(cfg.rollout.group_size)
+    group_size = int(cfg.sampler.group_size)
     binary = _binary_terms(cfg)
     for name, node in _nodes(cfg, "hooks", "vrl.methods.filters.DynamicSampling").items():
         flt = instantiate(node)
@@ -78,21 +78,21 @@ def _check_group_filters(cfg: DictConfig) -> None:
             shown = ", ".join(f"{m:.3g}" for m in means)
             raise ConfigError(
                 f"{where}: no group can pass: with 0/1 {impossible[0]} and G={group_size} a group's mean is one of "
-                f"{shown}, none strictly inside ({flt.lo}, {flt.hi}); raise rollout.group_size or widen lo/hi"
+                f"{shown}, none strictly inside ({flt.lo}, {flt.hi}); raise sampler.group_size or widen lo/hi"
             )
 
 
 def _check_overlong_window(cfg: DictConfig) -> None:
-    """An overlong penalty whose window does not match the response cap ``rollout.max_new_tokens``."""
-    cap = int(cfg.rollout.max_new_tokens)
+    """An overlong penalty whose window does not match the response cap ``sampler.max_new_tokens``."""
+    cap = int(cfg.sampler.max_new_tokens)
     for name, node in _nodes(cfg, "reward", "vrl.rewards.OverlongPenalty").items():
         term = instantiate(node)
         free = term.max_len - term.cache_len  # lengths 1..free are not penalised
         where = f"reward.{name}: overlong penalty (max_len={term.max_len}, cache_len={term.cache_len})"
         if free < 1:
             log.warning(
-                "%s penalises every response: even a 1-token one is inside its window, and rollout.max_new_tokens=%d"
-                " allows no shorter; rewards only shift down. Raise rollout.max_new_tokens (e.g. experiment="
+                "%s penalises every response: even a 1-token one is inside its window, and sampler.max_new_tokens=%d"
+                " allows no shorter; rewards only shift down. Raise sampler.max_new_tokens (e.g. experiment="
                 "color_words) or drop the term with ~reward.%s",
                 where,
                 cap,
@@ -100,8 +100,8 @@ def _check_overlong_window(cfg: DictConfig) -> None:
             )
         elif free >= cap:
             log.warning(
-                "%s never applies: rollout.max_new_tokens=%d stops every response before its window starts at %d "
-                "tokens; set reward.%s.max_len=${rollout.max_new_tokens} or drop the term",
+                "%s never applies: sampler.max_new_tokens=%d stops every response before its window starts at %d "
+                "tokens; set reward.%s.max_len=${sampler.max_new_tokens} or drop the term",
                 where,
                 cap,
                 free + 1,
@@ -109,7 +109,7 @@ def _check_overlong_window(cfg: DictConfig) -> None:
             )
         elif term.max_len != cap:
             log.warning(
-                "%s differs from rollout.max_new_tokens=%d, the length responses are cut at; usually they are equal",
+                "%s differs from sampler.max_new_tokens=%d, the length responses are cut at; usually they are equal",
                 where,
                 cap,
             )
@@ -117,7 +117,7 @@ def _check_overlong_window(cfg: DictConfig) -> None:
 
 def _check_tag_rewards(cfg: DictConfig) -> None:
     """A think/answer format term that no response of at most ``max_new_tokens`` tokens can satisfy."""
-    cap = int(cfg.rollout.max_new_tokens)
+    cap = int(cfg.sampler.max_new_tokens)
     for name, node in _nodes(cfg, "reward", "vrl.rewards.ThinkAnswerFormat").items():
         if node.get("pattern"):  # a custom pattern: count the tags it spells out, at least one token each
             needed, what = len(re.findall(r"</?[A-Za-z][\w-]*>", str(node.pattern))), "the tags its pattern names"
@@ -125,7 +125,7 @@ def _check_tag_rewards(cfg: DictConfig) -> None:
             needed, what = (5 if node.get("require_think", True) else 3), "its tags and a one-token answer"
         if cap < needed:
             log.warning(
-                "reward.%s can never score: %s need >= %d tokens, but rollout.max_new_tokens=%d; raise it or "
+                "reward.%s can never score: %s need >= %d tokens, but sampler.max_new_tokens=%d; raise it or "
                 "drop the term with ~reward.%s",
                 name,
                 what,

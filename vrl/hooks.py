@@ -72,7 +72,6 @@ class StepContext:
         batch_size: B, prompts per step on this rank.
         micro_batch_size: sequences per forward/backward.
         mini_batch_size: sequences per optimizer step; None = the whole rollout.
-        steps_per_rollout: optimizer steps taken on each rollout (PPO epochs x mini-batches).
         rank, world_size: data-parallel position; ``gather(t)`` stacks a tensor over ranks (None on one).
         vision: the processor's patch layout; None for text-only models.
         pad_token_id: the tokenizer's pad id (to concatenate rollouts).
@@ -100,7 +99,6 @@ class StepContext:
     batch_size: int = 1
     micro_batch_size: int = 1
     mini_batch_size: int | None = None
-    steps_per_rollout: int = 1
     rank: int = 0
     world_size: int = 1
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None

@@ -4,7 +4,7 @@ A typo or a wrong type should cost a second and name the key, not a minute of mo
 traceback from deep inside a constructor. Three passes, cheapest first:
 
 1. every ``_target_`` node binds to its constructor (unknown keys) and plain values match the annotated
-   types (``rollout.group_size=abc``). The signature is read from the constructor's source file
+   types (``sampler.group_size=abc``). The signature is read from the constructor's source file
    (``vrl.utils.signature``), so this pass imports neither torch nor any library a target lives in; only
    targets whose signature cannot be read statically are imported;
 2. the cheap method objects are built, so their own value checks run (G < 2, negative clip, ...); this
@@ -40,7 +40,7 @@ log = logging.getLogger("vrl")
 
 #: Nodes built in pass 2 (torch only). ``objective`` last: it holds the three loss axes (interpolated) and checks
 #: that the fused kernel path can compute them.
-CHEAP_GROUPS = ("rollout", "advantage", "policy_loss", "loss_agg", "kl", "objective")
+CHEAP_GROUPS = ("sampler", "advantage", "policy_loss", "loss_agg", "kl", "objective")
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -47,7 +47,7 @@ from vrl.data.preflight import (
 from vrl.data.rlvr import load_rlvr
 from vrl.errors import DataError
 from vrl.models.loading import load_vlm
-from vrl.rollout.prompts import encode_prompts
+from vrl.sampler.prompts import encode_prompts
 
 Q = "<image>What colour?"
 

@@ -15,7 +15,7 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "data.train.num_samples=16",
     "data_loader.batch_size=2",
-    "rollout.group_size=2",
+    "sampler.group_size=2",
 ]
 
 

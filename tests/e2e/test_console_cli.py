@@ -41,7 +41,7 @@ def test_cli_run_prints_parameters_metrics_lines_and_a_summary(tmp_path):
         "data.train.num_samples=16",  # the progress bar stays on: the lines must show around it
         "data.val.num_samples=4",
         "data_loader.batch_size=2",
-        "rollout.group_size=2",
+        "sampler.group_size=2",
         "console.every_n_steps=1",
         f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
         f"logger.artifact_location={tmp_path}/mlartifacts",

@@ -70,7 +70,7 @@ def _train(compose, overrides, ckpt_path=None):
 
 def test_curr_reft_runs_every_stage_in_order_and_stops_after_sft(compose, tiny_overrides):
     overrides = [o for o in tiny_overrides if not o.startswith("trainer.max_steps")]
-    module, trainer, rec = _train(compose, overrides + SHORT + ["trainer.max_steps=50", "rollout.group_size=3"])
+    module, trainer, rec = _train(compose, overrides + SHORT + ["trainer.max_steps=50", "sampler.group_size=3"])
     sched = module.hooks.hooks[0]
     assert isinstance(sched, StageScheduler)
     kept = len(sched.kept[3])

@@ -64,7 +64,7 @@ def test_gate_drops_prompts_before_reasoning_and_refills(compose, tiny_overrides
 
 
 def test_vppo_shapes_only_the_main_branch(compose, tiny_overrides):
-    module = _driven(compose, tiny_overrides, ["hooks.pearl.gate=false", "rollout.max_new_tokens=6"])
+    module = _driven(compose, tiny_overrides, ["hooks.pearl.gate=false", "sampler.max_new_tokens=6"])
     ctx = module.context()
     rollout = module.make_rollout(ctx)
     module.score_passes(rollout, ctx)

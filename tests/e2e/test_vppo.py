@@ -46,7 +46,7 @@ def test_vppo_trains_and_keeps_ceil_rho_tokens(compose, tiny_overrides, stack):
 def test_top_k_mask_keeps_ceil_rho_of_each_response(compose, tiny_overrides):
     from vrl.methods.vppo import VPPO
 
-    cfg = compose(tiny_overrides + ["+method=vppo", *VARY, "rollout.max_new_tokens=6"])
+    cfg = compose(tiny_overrides + ["+method=vppo", *VARY, "sampler.max_new_tokens=6"])
     L.seed_everything(0, verbose=False)
     module = build_module(cfg)
     build_trainer(cfg)  # attaches nothing; the module is driven by hand below
@@ -66,7 +66,7 @@ def test_released_scale_scope_uses_the_loops_mini_and_micro_batch_sizes(compose,
     from vrl.methods.vppo import VPPO, scoped_alpha
 
     sizes = ["hooks.vppo.scale_scope=released", "update.mini_batch_size=4", "update.micro_batch_size=2"]
-    cfg = compose(tiny_overrides + ["+method=vppo", *VARY, "rollout.max_new_tokens=6", *sizes])
+    cfg = compose(tiny_overrides + ["+method=vppo", *VARY, "sampler.max_new_tokens=6", *sizes])
     L.seed_everything(0, verbose=False)
     module = build_module(cfg)
     build_trainer(cfg)
@@ -85,7 +85,7 @@ def test_paired_pass_matches_two_passes(compose, tiny_overrides):
     from vrl.methods.vppo import VPPO
     from vrl.models.scoring import score_logprobs
 
-    cfg = compose(tiny_overrides + ["+method=vppo", *VARY, "rollout.max_new_tokens=6"])
+    cfg = compose(tiny_overrides + ["+method=vppo", *VARY, "sampler.max_new_tokens=6"])
     L.seed_everything(0, verbose=False)
     module = build_module(cfg)
     build_trainer(cfg)

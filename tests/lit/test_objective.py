@@ -10,7 +10,7 @@ from vrl.methods.kl import K2, K3
 from vrl.methods.loss_agg import SeqMeanTokenMean, TokenMean
 from vrl.methods.policy_loss import GSPO, PPOClip
 from vrl.models.scoring import response_logits, response_targets, token_stats
-from vrl.rollout.hf import HFRollout, suppressed_token_ids
+from vrl.sampler.hf import HFSampler, suppressed_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def scored():
     torch.manual_seed(0)
     vlm = load_vlm("tiny:qwen2_5_vl", tiny_extra_texts=corpus(), tiny_single_tokens=single_token_words())
     data = build_synthetic(tasks=["color", "count"], formats=["open"], num_samples=2, image_size=56, progress=False)
-    rollout = HFRollout(group_size=2, max_new_tokens=3).generate(vlm, [data[0], data[1]])
+    rollout = HFSampler(group_size=2, max_new_tokens=3).generate(vlm, [data[0], data[1]])
     n, length = rollout.response_mask.shape
     suppress = suppressed_token_ids(vlm.processor.tokenizer)
     with torch.no_grad():

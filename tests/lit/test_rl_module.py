@@ -81,8 +81,8 @@ def test_micro_batches_do_not_change_the_update(compose, tiny_overrides, mode):
 def test_teacher_forced_logprobs_equal_the_sampling_distribution(compose, tiny_overrides):
     """Scoring uses the same positions (M-RoPE, left padding), masks and suppressed tokens as generate."""
     from vrl.models.scoring import score_logprobs
-    from vrl.rollout.hf import suppressed_token_ids
-    from vrl.rollout.prompts import encode_prompts
+    from vrl.sampler.hf import suppressed_token_ids
+    from vrl.sampler.prompts import encode_prompts
 
     cfg, module = _module(compose, tiny_overrides + ["data.train.tasks=[color,count]", "data.train.formats=[open]"])
     vlm, engine = module.vlm, module.sampler

@@ -24,7 +24,7 @@ def test_select_kept_keeps_each_distinct_pair_at_or_above_the_threshold_once():
 
 
 class CannedEngine:
-    """Returns fixed candidates per row uid, laid out like HFRollout (a row's G sequences adjacent)."""
+    """Returns fixed candidates per row uid, laid out like HFSampler (a row's G sequences adjacent)."""
 
     def __init__(self, answers: dict[str, list[str]]) -> None:
         self.answers, self.calls = answers, 0

@@ -14,7 +14,7 @@ from vrl.hooks import StepContext
 from vrl.lit.context import RunSettings, sampling_of
 from vrl.lit.stages import MetricRule, Stage, StageScheduler
 from vrl.rewards.combine import RewardSet
-from vrl.rollout.hf import HFRollout
+from vrl.sampler.hf import HFSampler
 
 
 class Term:
@@ -32,7 +32,7 @@ class FakeModule:
     and what it does at a step's start: reset to the run's settings, ask the hook, apply what it returns."""
 
     def __init__(self, train_data=None, batch_size=2, sampler=None):
-        self.sampler = sampler or HFRollout(group_size=4, max_new_tokens=8, temperature=1.0, top_p=1.0)
+        self.sampler = sampler or HFSampler(group_size=4, max_new_tokens=8, temperature=1.0, top_p=1.0)
         self.objective = SimpleNamespace(temperature=1.0)
         self.batch_size = batch_size
         self.reward = RewardSet({"accuracy": Term(1.0), "format": Term(0.5)}, default=-1.0)
@@ -262,8 +262,8 @@ def test_rewardmap_curriculum_walks_the_question_type_blocks_in_order(compose):
     assert module.stopped
 
 
-class CannedEngine(HFRollout):
-    """HFRollout's settings, but ``generate`` returns "<uid>-<k>" as the k-th candidate of each row."""
+class CannedEngine(HFSampler):
+    """HFSampler's settings, but ``generate`` returns "<uid>-<k>" as the k-th candidate of each row."""
 
     def generate(self, vlm, rows, group_size=None, greedy=False):
         g = group_size or self.group_size

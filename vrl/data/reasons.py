@@ -7,7 +7,7 @@ report and the one-line error name the code, its detail and the fix below.
 
 from __future__ import annotations
 
-from vrl.rollout.prompts import IMAGE_PLACEHOLDER
+from vrl.sampler.prompts import IMAGE_PLACEHOLDER
 from vrl.types import ANSWER_TYPES
 
 #: ``meta`` keys the loader writes and the preflight reads: where a row came from (file, row, line, the

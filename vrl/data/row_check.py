@@ -28,7 +28,7 @@ from vrl.data.reasons import (
     UNKNOWN_ANSWER_TYPE,
 )
 from vrl.rewards.accuracy import gold_problem
-from vrl.rollout.prompts import IMAGE_PLACEHOLDER, to_messages
+from vrl.sampler.prompts import IMAGE_PLACEHOLDER, to_messages
 from vrl.types import ANSWER_TYPES
 
 

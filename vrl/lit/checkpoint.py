@@ -234,8 +234,18 @@ def loop_state(module: Any) -> dict[str, Any]:
     }
 
 
-def restore_loop_state(module: Any, state: dict[str, Any]) -> None:
-    """Put back what :func:`loop_state` saved (after ``setup`` built the prompt stream)."""
+def restore_loop_state(module: Any, state: dict[str, Any], rank: int = 0, world_size: int = 1) -> None:
+    """Put back what :func:`loop_state` saved (after ``setup`` built the prompt stream).
+
+    A DDP checkpoint holds every rank's state under ``ranks``: each rank takes its own. Resumed with another
+    number of ranks, every rank takes rank 0's (the run continues; which prompts come next changes)."""
+    saved = len(state.get("ranks") or [state])
+    if saved == world_size > 1:
+        state = state["ranks"][rank]
+    elif saved != world_size and rank == 0:
+        log.warning(
+            "resuming a %d-rank checkpoint on %d ranks: each rank continues from rank 0's state", saved, world_size
+        )
     if state.get("prompts") and module.settings is not None:
         module.settings.base["prompts"].load_state_dict(state["prompts"])
     module.hooks.load_state_dict(state.get("hooks", {}))

@@ -20,7 +20,7 @@ MAX_BRANCHES = 4
 @dataclass
 class Objective:
     """Everything that turns a scored micro-batch into a scalar loss (the ``objective`` node of
-    ``conf/train.yaml``, which interpolates the three groups, ``rollout.temperature`` and ``kernels.impl``).
+    ``conf/train.yaml``, which interpolates the three groups, ``sampler.temperature`` and ``kernels.impl``).
 
     Args:
         policy_loss: per-token surrogate (``conf/policy_loss``; ``vrl.methods.policy_loss.PolicyLoss``).

@@ -36,7 +36,7 @@ from vrl.lit.sft import sft_backward
 from vrl.methods.advantage import Advantage
 from vrl.models.scoring import score_logprobs
 from vrl.rewards.combine import RewardSet
-from vrl.rollout.hf import HFRollout, suppressed_token_ids
+from vrl.sampler.hf import HFSampler, suppressed_token_ids
 from vrl.types import Rollout, cat_rollouts
 
 
@@ -45,7 +45,7 @@ class RLModule(L.LightningModule):
 
     Args:
         model: the loaded policy bundle (``vrl.models.loading.VLM``; ``conf/model``).
-        rollout: sampler of G responses per prompt (``conf/rollout``).
+        sampler: draws G responses per prompt, returning a ``Rollout`` (``conf/sampler``).
         reward: the weighted reward terms (``conf/reward``).
         advantage: group advantage estimator (``conf/advantage``).
         objective: policy loss + aggregation + KL + entropy (``conf/policy_loss``, ``loss_agg``, ``kl``).
@@ -70,7 +70,7 @@ class RLModule(L.LightningModule):
     def __init__(
         self,
         model: Any,
-        rollout: HFRollout,
+        sampler: HFSampler,
         reward: RewardSet,
         advantage: Advantage,
         objective: Objective,
@@ -97,7 +97,7 @@ class RLModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold trainable weights only (frozen ones are rebuilt)
         self.vlm = model
         self.policy = model.model
-        self.sampler, self.reward, self.advantage, self.objective = rollout, reward, advantage, objective
+        self.sampler, self.reward, self.advantage, self.objective = sampler, reward, advantage, objective
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.train_data, self.val_data = train_data, val_data
         self.batch_size, self.val_batch_size, self.data_seed = batch_size, val_batch_size, data_seed

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vrl.models.scoring import response_logits, response_targets, token_stats
-from vrl.rollout.prompts import encode_prompts
+from vrl.sampler.prompts import encode_prompts
 from vrl.types import Rollout
 
 
@@ -131,7 +131,7 @@ def build_sft_rollout(
     """Teacher-forcing batch: each row's prompt (encoded exactly as for sampling) followed by its response.
 
     Responses are tokenised without special tokens and end with EOS, so the model also learns to stop.
-    Prompts are left-padded and responses right-padded, the layout ``HFRollout.generate`` produces, so the
+    Prompts are left-padded and responses right-padded, the layout ``HFSampler.generate`` produces, so the
     same scoring code (:func:`vrl.models.scoring.response_logits`) applies.
     """
     if len(rows) != len(responses):

@@ -71,7 +71,7 @@ class Stage:
         reward: name -> reward term merged over the run's terms while in the stage: a term replaces the
             run's term of the same name, ``null`` removes one (run with the run's sandbox settings). None =
             the run's reward unchanged. An SFT stage's judge defaults to the result.
-        group_size: G in the stage; None = the run's ``rollout.group_size``.
+        group_size: G in the stage; None = the run's ``sampler.group_size``.
         temperature: sampling temperature (the loss scores at the same one); None = the run's.
         top_p: nucleus mass; None = the run's.
         max_new_tokens: response length cap; None = the run's.

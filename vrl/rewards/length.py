@@ -10,7 +10,7 @@ class OverlongPenalty:
     -1 beyond ``max_len``. DAPO used max_len 20480 with a 4096-token cache.
 
     Args:
-        max_len: the expected maximum response length (usually ``rollout.max_new_tokens``).
+        max_len: the expected maximum response length (usually ``sampler.max_new_tokens``).
         cache_len: width of the soft-penalty window before ``max_len``; None = 20% of ``max_len`` (DAPO's
             4096 / 20480), at least 1 token.
         weight: weight in the reward sum.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from vrl.rollout.prompts import encode_prompts, model_image_sizes
+from vrl.sampler.prompts import encode_prompts, model_image_sizes
 from vrl.types import Rollout, slice_vision
 
 
-class HFRollout:
-    """Samples G responses per prompt with ``model.generate`` (``conf/rollout/``).
+class HFSampler:
+    """Samples G responses per prompt with ``model.generate`` (``conf/sampler/``).
 
     Args:
         group_size: G, responses per prompt; GRPO needs G >= 2 to have a baseline.
@@ -35,13 +35,13 @@ class HFRollout:
         val_temperature: float = 0.0,
     ) -> None:
         if group_size < 2:
-            raise ValueError(f"rollout.group_size (G) must be >= 2 for a group baseline, got {group_size}")
+            raise ValueError(f"sampler.group_size (G) must be >= 2 for a group baseline, got {group_size}")
         if max_new_tokens < 1:
-            raise ValueError(f"rollout.max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise ValueError(f"sampler.max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature <= 0:
-            raise ValueError(f"rollout.temperature must be > 0 (use val_temperature=0 for greedy), got {temperature}")
+            raise ValueError(f"sampler.temperature must be > 0 (use val_temperature=0 for greedy), got {temperature}")
         if not 0 < top_p <= 1:
-            raise ValueError(f"rollout.top_p must be in (0, 1], got {top_p}")
+            raise ValueError(f"sampler.top_p must be in (0, 1], got {top_p}")
         self.group_size = group_size
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
