@@ -72,7 +72,8 @@ class StepContext:
         batch_size: B, prompts per step on this rank.
         micro_batch_size: sequences per forward/backward.
         mini_batch_size: sequences per optimizer step; None = the whole rollout.
-        rank, world_size: data-parallel position; ``gather(t)`` stacks a tensor over ranks (None on one).
+        rank, world_size: data-parallel position; ``gather(t)`` stacks a tensor over ranks (None on one): the
+            same shape on every rank, called as often on each (README, 'Hooks under DDP').
         vision: the processor's patch layout; None for text-only models.
         pad_token_id: the tokenizer's pad id (to concatenate rollouts).
         kernel_impl: ``torch`` or a ``vrl_kernels`` implementation for vocabulary statistics.

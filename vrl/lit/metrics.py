@@ -1,6 +1,8 @@
-"""Step metrics computed from a scored rollout (names follow ``<section>/<name>``)."""
+"""Step metrics computed from a scored rollout (names follow ``<section>/<name>``), merged over DDP ranks."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -8,25 +10,83 @@ import torch
 from vrl.types import Rollout
 
 
-def rollout_metrics(rollout: Rollout) -> dict[str, float]:
-    """Reward mean/std per component, accuracy, response length and group-degeneracy statistics."""
+def rollout_columns(rollout: Rollout, max_len: int | None = None) -> dict[str, Any]:
+    """What the rollout metrics are computed from, one value per sequence, on the CPU: rewards, reward
+    components, response lengths, whether each hit the length cap ``max_len`` (default: the response width), and
+    group ids. Under DDP each rank's columns are gathered and merged (:func:`merge_columns`) first, so the metrics
+    describe the global batch."""
+    lengths = rollout.response_mask.sum(-1).float().cpu()
+    return {
+        "rewards": rollout.rewards.float().cpu(),
+        "components": {k: v.float().cpu() for k, v in rollout.reward_components.items()},
+        "lengths": lengths,
+        "truncated": (lengths >= (max_len or rollout.response_mask.shape[1])).float(),
+        "group_ids": rollout.group_ids.cpu(),
+    }
+
+
+def merge_columns(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several ranks' :func:`rollout_columns` as one batch (group ids offset to stay distinct)."""
+    offsets, total = [], 0
+    for part in parts:
+        offsets.append(total)
+        total += int(part["group_ids"].max()) + 1 if part["group_ids"].numel() else 0
+    keys = list(dict.fromkeys(k for part in parts for k in part["components"]))
+    return {
+        "rewards": torch.cat([p["rewards"] for p in parts]),
+        "components": {
+            k: torch.cat([p["components"].get(k, torch.full_like(p["rewards"], float("nan"))) for p in parts])
+            for k in keys
+        },
+        "lengths": torch.cat([p["lengths"] for p in parts]),
+        "truncated": torch.cat([p["truncated"] for p in parts]),
+        "group_ids": torch.cat([p["group_ids"] + off for p, off in zip(parts, offsets)]),
+    }
+
+
+def rollout_metrics(rollout: Rollout | dict[str, Any], max_len: int | None = None) -> dict[str, float]:
+    """Reward mean/std per component, accuracy, response length and group-degeneracy statistics, from a rollout
+    or from its (merged) :func:`rollout_columns`."""
+    cols = rollout if isinstance(rollout, dict) else rollout_columns(rollout, max_len)
     out: dict[str, float] = {}
-    rewards = rollout.rewards.float()
+    rewards = cols["rewards"]
     out["rollout/reward_mean"] = rewards.mean().item()
     out["rollout/reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
-    for name, values in rollout.reward_components.items():
-        values = values.float()
+    for name, values in cols["components"].items():
         values = values[~torch.isnan(values)]  # NaN: a term of another rollout branch (not measured here)
         if values.numel():
             out[f"reward/{name}_mean"] = values.mean().item()
             out[f"reward/{name}_std"] = values.std().item() if values.numel() > 1 else 0.0
-    if "accuracy" in rollout.reward_components:
-        out["rollout/accuracy"] = rollout.reward_components["accuracy"].float().mean().item()
-    lengths = rollout.response_mask.sum(-1).float()
-    out["rollout/response_len_mean"] = lengths.mean().item()
-    out["rollout/response_len_max"] = lengths.max().item()
-    out["rollout/truncated_frac"] = (lengths >= rollout.response_mask.shape[1]).float().mean().item()
-    out["rollout/equal_reward_group_frac"] = equal_reward_group_fraction(rewards, rollout.group_ids)
+    if "accuracy" in cols["components"]:
+        out["rollout/accuracy"] = cols["components"]["accuracy"].mean().item()
+    out["rollout/response_len_mean"] = cols["lengths"].mean().item()
+    out["rollout/response_len_max"] = cols["lengths"].max().item()
+    out["rollout/truncated_frac"] = cols["truncated"].mean().item()
+    out["rollout/equal_reward_group_frac"] = equal_reward_group_fraction(rewards, cols["group_ids"])
+    return out
+
+
+#: How per-rank scalars become the step's value under DDP (anything else: the mean over the ranks that logged
+#: it, e.g. a hook's ``ctx.log`` values): the slowest rank's time, the job's throughput.
+RANK_MAX = ("perf/step_time_s", "perf/rollout_time_s")
+RANK_SUM = ("perf/tokens_per_s",)
+
+
+def merge_scalars(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Per-rank scalar metrics -> one value each (:data:`RANK_MAX`, :data:`RANK_SUM`, else the mean)."""
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for part in parts for k in part):
+        values = [float(part[key]) for part in parts if key in part]
+        out[key] = max(values) if key in RANK_MAX else sum(values) if key in RANK_SUM else sum(values) / len(values)
+    return out
+
+
+def merge_totals(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Per-rank token sums of the update (``Objective`` stats) -> global sums."""
+    out: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.items():
+            out[key] = out.get(key, 0.0) + float(value)
     return out
 
 

@@ -29,9 +29,18 @@ from vrl.data.source import PromptSource, StepTicks
 from vrl.hooks import HookSet, StepContext
 from vrl.lit.checkpoint import loop_state, restore_loop_state
 from vrl.lit.context import RunSettings, step_context
+from vrl.lit.dist import gather_objects, reduce_value, world_size, zero_loss
 from vrl.lit.guard import StepGuard
-from vrl.lit.loss import Objective
-from vrl.lit.metrics import perf_metrics, rollout_metrics, update_metrics
+from vrl.lit.loss import MAX_BRANCHES, Objective
+from vrl.lit.metrics import (
+    merge_columns,
+    merge_scalars,
+    merge_totals,
+    perf_metrics,
+    rollout_columns,
+    rollout_metrics,
+    update_metrics,
+)
 from vrl.lit.sft import sft_backward
 from vrl.methods.advantage import Advantage
 from vrl.models.scoring import score_logprobs
@@ -165,12 +174,14 @@ class RLModule(L.LightningModule):
             return
         ctx = self.context()  # with this step's stage settings
         if (pairs := self.hooks.replace_step(ctx)) is not None:  # H11: e.g. an SFT stage's step
-            self.log_dict(self._step_metrics | self.sft_update(pairs), on_step=True)
+            self.log_dict(self._global_metrics(self._step_metrics | self.sft_update(pairs)), on_step=True)
             return
         rollout = self.make_rollout(ctx)
         t_rollout = time.perf_counter() - t0
-        if rollout is None or rollout.num_sequences == 0:  # every prompt gated or every group filtered out
-            self.log_dict({**self._sampling_stats, **self._step_metrics, "train/empty_steps": 1.0}, on_step=True)
+        # every prompt gated or every group filtered out (under DDP: on any rank, so that all ranks skip together)
+        if reduce_value(self, 0 if rollout is None else rollout.num_sequences, "min") == 0:
+            self.log_dict(self._global_metrics({**self._sampling_stats, **self._step_metrics}), on_step=True)
+            self.log("train/empty_steps", 1.0, on_step=True)
             self.guard.empty(self, self._sampling_stats["rollout/generate_calls"])
             return
         self.guard.empty_steps = 0
@@ -180,16 +191,29 @@ class RLModule(L.LightningModule):
         if (factor := self.hooks.advantage_factor(rollout, ctx)) is not None:  # H8
             rollout.advantages = rollout.advantages * factor.to(rollout.advantages)
         rollout.loss_mask, rollout.norm_mask = self.hooks.token_weights(rollout, ctx)  # H9
-        stats = self.update(rollout, ctx)
-        metrics = rollout_metrics(rollout.main()) | stats | self._sampling_stats | self._step_metrics
-        metrics |= perf_metrics(rollout, time.perf_counter() - t0, t_rollout) | self.reward.pop_stats()
+        totals, losses, grad_norms = self.update(rollout, ctx)
+        scalars = {**self._sampling_stats, **self._step_metrics, **self.reward.pop_stats()}
+        scalars |= perf_metrics(rollout, time.perf_counter() - t0, t_rollout)
+        metrics = self._global_metrics(scalars, rollout_columns(rollout.main(), self.sampler.max_new_tokens), totals)
+        metrics |= update_metrics(metrics.pop("_totals"), losses, grad_norms)
         metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.num_sequences)
         self.log("reward", metrics["rollout/reward_mean"], prog_bar=True, logger=False)
         if "train/loss" in metrics:
             self.log("loss", metrics["train/loss"], prog_bar=True, logger=False)
-        if self.rollout_logger and self.log_rollouts_every and ctx.step % self.log_rollouts_every == 0:
+        logs_table = self.log_rollouts_every and ctx.step % self.log_rollouts_every == 0
+        if self.rollout_logger and logs_table and self.global_rank == 0:
             self.rollout_logger(rollout, ctx.step)
+
+    def _global_metrics(self, scalars: dict, columns: dict | None = None, totals: dict | None = None) -> dict:
+        """This step's metrics over the global batch: under DDP every rank's rollout columns, scalars and update
+        sums are gathered (one collective) and merged, so every rank logs (and a curriculum reads) the same
+        values, equal to one process's over the same prompts. ``_totals`` holds the merged update sums."""
+        parts = gather_objects(self, (scalars, columns, totals or {}))
+        out = merge_scalars([p[0] for p in parts])
+        if columns is not None:
+            out |= rollout_metrics(merge_columns([p[1] for p in parts]))
+        return out | {"_totals": merge_totals([p[2] for p in parts])} if totals is not None else out
 
     def context(self) -> StepContext:
         """What hooks may read this step (``vrl.hooks.StepContext``)."""
@@ -228,7 +252,8 @@ class RLModule(L.LightningModule):
         """Old-policy and reference log-probs, then the hooks' extra teacher-forced passes (H7)."""
         temp, mb, impl = self.objective.temperature, self.micro_batch_size, self.objective.kernel_impl
         sup = self.objective.suppress_ids
-        if self.ppo_epochs * len(self._minibatches(rollout.num_sequences)) > 1 or self.hooks.needs_old_logprobs:
+        needed = self.ppo_epochs * len(self._minibatches(rollout.num_sequences)) > 1 or self.hooks.needs_old_logprobs
+        if needed and rollout.old_logprobs is None:  # (a sampler with ``logprobs`` returned them already)
             rollout.old_logprobs = score_logprobs(self.policy, rollout, temp, mb, impl, sup)
         # else: strictly on-policy; the loss uses the current log-probs detached (ratio exactly 1), unless a
         # hook's pass below scored the clean rollout anyway and hands them over.
@@ -245,28 +270,57 @@ class RLModule(L.LightningModule):
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         return list(order.split(self.mini_batch_size or n))
 
-    def update(self, rollout: Rollout, ctx: StepContext) -> dict[str, float]:
-        """PPO epochs over mini-batches; one optimizer step per mini-batch; returns averaged stats."""
+    def update(self, rollout: Rollout, ctx: StepContext) -> tuple[dict[str, float], list[float], list[float]]:
+        """PPO epochs over mini-batches; one optimizer step per mini-batch. Returns this rank's token sums (the
+        ``Objective`` stats) and the global loss and gradient norm of each optimizer step taken.
+
+        Under DDP every rank runs as many mini-batches, micro-batches and backward passes as the rank with the
+        most (:meth:`_plan`); a rank short of data runs zero-gradient backwards for the rest."""
         totals: dict[str, float] = {}
         losses, grad_norms = [], []
+        plan = self._plan(rollout.num_sequences)
         for epoch in range(self.ppo_epochs):
             shuffle = torch.Generator().manual_seed(self.data_seed * 1_000_003 + self.global_step + epoch)
-            for mb_idx in self._minibatches(rollout.num_sequences, shuffle if self.ppo_epochs > 1 else None):
-                mini = rollout.select(mb_idx)
-                normalizer = self.objective.normalizer(mini, self.sampler.max_new_tokens)
-                if self.trainer.world_size > 1:  # DDP averages gradients: make the denominator global
-                    normalizer = self.trainer.strategy.reduce(normalizer, reduce_op="mean")
-                if mini.branch is not None:  # one denominator per branch -> one per sequence
-                    normalizer = normalizer[mini.branch.to(normalizer.device)]
-                loss_total = self._accumulate(mini, normalizer, totals, ctx)
+            minis = self._minibatches(rollout.num_sequences, shuffle if self.ppo_epochs > 1 else None)
+            for i, micro_batches in enumerate(plan):
+                mini = rollout.select(minis[i] if i < len(minis) else torch.zeros(0, dtype=torch.long))
+                normalizer = self._normalizer(rollout, mini)
+                loss_total = self._accumulate(mini, normalizer, totals, ctx, micro_batches)
+                loss_total = reduce_value(self, loss_total, "mean")  # the global loss; NaN on a rank: on all
                 if (grad_norm := self.guard.step(self, loss_total)) is not None:
                     losses.append(loss_total)
                     grad_norms.append(grad_norm)
-        return update_metrics(totals, losses, grad_norms)
+        return totals, losses, grad_norms
 
-    def _accumulate(self, mini: Rollout, normalizer: torch.Tensor, totals: dict[str, float], ctx) -> float:
+    def _plan(self, n: int) -> list[int]:
+        """Micro-batches of each mini-batch, the same on every rank: the most any rank has (one process: its own)."""
+        local = [math.ceil(len(idx) / self.micro_batch_size) for idx in self._minibatches(n)]
+        if world_size(self) == 1:
+            return local
+        ranks = gather_objects(self, local)
+        return [max(r[i] if i < len(r) else 0 for r in ranks) for i in range(max(map(len, ranks)))]
+
+    def _normalizer(self, rollout: Rollout, mini: Rollout) -> torch.Tensor:
+        """The mini-batch's loss denominator, global under DDP (gradients are averaged over ranks, so the
+        per-rank denominators are averaged too); per sequence when branches are attached."""
+        if mini.num_sequences:
+            normalizer = self.objective.normalizer(mini, self.sampler.max_new_tokens)
+        else:  # a mini-batch only other ranks have: it adds nothing, in the shape theirs has
+            normalizer = torch.zeros(MAX_BRANCHES if rollout.branch is not None else (), device=self.device)
+        if world_size(self) > 1:
+            normalizer = self.trainer.strategy.reduce(normalizer, reduce_op="mean")
+        if mini.branch is not None:  # one denominator per branch -> one per sequence
+            normalizer = normalizer[mini.branch.to(normalizer.device)]
+        return normalizer
+
+    def _accumulate(
+        self, mini: Rollout, normalizer: torch.Tensor, totals: dict[str, float], ctx, micro_batches: int
+    ) -> float:
         loss_total = 0.0
-        for idx in torch.arange(mini.num_sequences).split(self.micro_batch_size):
+        chunks = torch.arange(mini.num_sequences).split(self.micro_batch_size) if mini.num_sequences else ()
+        for _ in range(micro_batches - len(chunks)):  # micro-batches only other ranks have (DDP)
+            self.manual_backward(zero_loss(self.policy))
+        for idx in chunks:
             micro = mini.select(idx)
             norm = normalizer[idx.to(normalizer.device)] if normalizer.dim() else normalizer
             loss, stats, out = self.objective(self.policy, micro, norm)
@@ -283,27 +337,37 @@ class RLModule(L.LightningModule):
     def sft_update(self, pairs: Rollout) -> dict[str, float]:
         """One supervised optimizer step on teacher-forced ``pairs`` (a stage's H11 step), token-mean NLL."""
         lr = self.optimizers().param_groups[0]["lr"]  # the stage's, before the LR schedule steps
-        loss, tokens = sft_backward(
-            self.policy, pairs, self.micro_batch_size, self.objective.suppress_ids, self.manual_backward
+        # under DDP: the token count averaged over ranks (as the RL normaliser) and as many backwards on each rank
+        tokens = reduce_value(self, float(pairs.response_mask.sum()), "mean")
+        local = math.ceil(pairs.num_sequences / self.micro_batch_size)
+        for _ in range(int(reduce_value(self, local, "max")) - local):
+            self.manual_backward(zero_loss(self.policy))
+        loss, _ = sft_backward(
+            self.policy, pairs, self.micro_batch_size, self.objective.suppress_ids, self.manual_backward, tokens
         )
+        loss = reduce_value(self, loss, "mean")
         grad_norm = self.guard.step(self, loss)
         norm = math.nan if grad_norm is None else grad_norm
-        return {"sft/loss": loss, "sft/tokens": tokens, "train/grad_norm": norm, "train/lr": lr}
+        return {"sft/loss": loss, "sft/tokens": tokens * world_size(self), "train/grad_norm": norm, "train/lr": lr}
 
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         rollout = self.sampler.generate(self.vlm, batch, greedy=True)
         rewards, components = self.reward(rollout.responses, rollout.samples)
-        n = len(batch)
-        self.log("val/reward", rewards.mean(), on_epoch=True, batch_size=n)
+        n = len(batch)  # under DDP each rank validates its shard; sync_dist averages them (no-op on one process)
+        self.log("val/reward", rewards.mean(), on_epoch=True, batch_size=n, sync_dist=True)
         if "accuracy" in components:
-            self.log("val/accuracy", components["accuracy"].mean(), on_epoch=True, prog_bar=True, batch_size=n)
+            acc = components["accuracy"].mean()
+            self.log("val/accuracy", acc, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}  # frozen weights are rebuilt
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["vrl"] = loop_state(self)
+        # Lightning calls this on every rank and rank 0 writes: under DDP every rank's loop state (its prompt
+        # position, hook state, RNG) travels, each rank restoring its own (vrl.lit.checkpoint.restore_loop_state)
+        states = gather_objects(self, loop_state(self))
+        checkpoint["vrl"] = {**states[0], "ranks": states} if len(states) > 1 else states[0]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_state = checkpoint.get("vrl", {})
@@ -312,5 +376,5 @@ class RLModule(L.LightningModule):
         # Restored here rather than in on_load_checkpoint: setup() (which builds the prompt stream) runs after
         # the checkpoint is read, and nothing may draw random numbers between this and the first step.
         if state := getattr(self, "_pending_state", None):
-            restore_loop_state(self, state)
+            restore_loop_state(self, state, self.global_rank, world_size(self))
         self._pending_state = None

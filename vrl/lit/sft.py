@@ -180,16 +180,18 @@ def sft_backward(
     micro_batch_size: int,
     suppress_ids: list[int] | None = None,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    tokens: float | None = None,
 ) -> tuple[float, float]:
     """Token-mean cross-entropy over every response token of ``rollout``, back-propagated in micro-batches.
 
-    Each micro-batch's loss is its NLL sum divided by the *whole batch's* token count, so the accumulated
-    gradient equals that of one full-batch token mean (ms-swift's default SFT loss), whatever the split.
+    Each micro-batch's loss is its NLL sum divided by the *whole batch's* token count (``tokens``, when given:
+    under DDP the count averaged over ranks), so the accumulated gradient equals that of one full-batch token
+    mean (ms-swift's default SFT loss), whatever the split.
 
     Returns:
         The loss (mean NLL per response token) and the number of response tokens.
     """
-    tokens = rollout.response_mask.sum().clamp(min=1.0)
+    tokens = max(float(rollout.response_mask.sum()) if tokens is None else tokens, 1.0)
     total = 0.0
     for idx in torch.arange(rollout.num_sequences).split(micro_batch_size):
         loss = response_nll(model, rollout.select(idx), suppress_ids).sum() / tokens

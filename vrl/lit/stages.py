@@ -21,8 +21,9 @@ counts). Everything that decides the future (stage index, steps in the stage, ev
 position, the SFT kept set, the learning rate to restore, the switch metric's last value) is in
 :meth:`StageScheduler.state_dict`, so a run resumed mid-curriculum continues exactly where it stopped.
 
-With several data-parallel ranks each rank samples SFT candidates for its own shard of the prompts, and the
-checkpoint (written by rank 0) holds rank 0's kept set: resuming *inside* an SFT stage is exact on one rank only.
+With several data-parallel ranks each rank samples SFT candidates for its own shard of the prompts; every rank's
+kept set and stream positions travel in the checkpoint (each rank restores its own), and a switch rule that fires
+on any rank switches every rank at the same step.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from vrl.data.source import PromptSource
 from vrl.hooks import Hook, StageSettings, StepContext
@@ -140,6 +143,14 @@ class Stage:
         return self.after_steps is not None or self.epochs is not None or self.metric is not None
 
 
+def _on_any_rank(ctx: StepContext, fired: bool) -> bool:
+    """Whether a switch rule fired on any data-parallel rank: every rank then switches at the same step (an
+    ``exhausted`` rule counts each rank's own draws, which refills make unequal)."""
+    if ctx.gather is None:
+        return fired
+    return bool(ctx.gather(torch.tensor(float(fired), device=ctx.device)).amax() > 0)
+
+
 class StageScheduler(Hook):
     """Hook that runs a curriculum of :class:`Stage` s (hooks H1 and H11; ``hooks.curriculum``).
 
@@ -184,7 +195,7 @@ class StageScheduler(Hook):
     # ----------------------------------------------------------------- hook stages
     def on_step_start(self, ctx: StepContext) -> StageSettings:
         """Advance if the current stage's rule fired; the (new) stage's settings for this step."""
-        if not self.done and self.steps_in_stage > 0 and self._rule_fired(ctx):
+        if not self.done and self.steps_in_stage > 0 and _on_any_rank(ctx, self._rule_fired(ctx)):
             self._advance(ctx)
         while not self.done and self.steps_in_stage == 0 and not self._enter(ctx):
             # an SFT stage whose judge kept nothing has nothing to fit: skip it (or end, if it is the last)

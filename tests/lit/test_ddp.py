@@ -1,0 +1,340 @@
+"""Lightning DDP on CPU (gloo, 2 forked ranks) equals one process over the same global batch.
+
+Each case runs ``vrl.train.run`` (the ``python -m vrl`` path: logger, checkpoints, saved policy) twice: once as
+2 DDP ranks with B prompts each, once as 1 process with 2B prompts, from the same seed. Two things are pinned
+so that both runs see the same rollouts, and what is compared is the loop: the sampler draws each prompt's
+group under a seed of its own (uid and prompt), so a prompt's responses do not depend on which rank or batch
+draws it; and the reward is a deterministic function of the response (distinct within a group, so advantages
+and gradients are not zero), 0 for chosen prompts so that DAPO's filter drops them and the loop refills.
+
+Compared after the last step: the saved policy's weights, and per step the logged loss, rewards, gradient norm
+and kept-group fraction (read back from ``logger=csv``). Ranks start as ``torchrun``/SLURM starts them (env
+vars; Lightning then launches nothing); forked, not spawned, as in tests/methods/test_loss_agg_ddp.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+WORLD, B = 2, 2
+COMPARED = (
+    "train/loss",
+    "train/grad_norm",
+    "rollout/reward_mean",
+    "rollout/reward_std",
+    "rollout/kept_group_frac",
+    "rollout/response_len_mean",
+    "policy/clipfrac",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _seed_of(*parts) -> int:
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def _per_prompt_seeded(generate, pad_id, seen):
+    """The sampler's ``generate``, one prompt at a time under a seed of its own (uid, prompt, G)."""
+    from vrl.types import cat_rollouts
+
+    def call(vlm, samples, group_size=None, greedy=False):
+        if not samples:
+            return generate(vlm, samples, group_size=group_size, greedy=greedy)
+        parts = []
+        for s in samples:
+            with torch.random.fork_rng():
+                torch.manual_seed(_seed_of(s.get("uid"), s["prompt"], group_size, greedy))
+                parts.append(generate(vlm, [s], group_size=group_size, greedy=greedy))
+            if group_size is None and not greedy:  # a main rollout (not a probe, not validation)
+                seen.append(str(s["uid"]))
+        return cat_rollouts(parts, pad_id)
+
+    return call
+
+
+class CoinReward:
+    """A deterministic reward per response, distinct within a group; 0 for every response of a ``dead`` uid."""
+
+    def __init__(self, dead):
+        self.dead = set(dead)
+
+    def __call__(self, responses, samples):
+        values, previous, position = [], None, 0
+        for response, sample in zip(responses, samples):
+            uid = str(sample.get("uid"))
+            position = position + 1 if uid == previous else 0
+            previous = uid
+            coin = _seed_of(uid, response) % 89 / 89
+            values.append(0.0 if uid in self.dead else 0.5 * coin + 0.1 * position)
+        t = torch.tensor(values)
+        return t, {"accuracy": t}
+
+    def pop_stats(self):
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        return None
+
+
+def _job(index, port, compose, runs, dead, out):
+    """Process ``index`` of the launch: the single-process reference (index 0) or DDP rank ``index - 1``."""
+    import vrl.build
+    import vrl.lit.checkpoint
+    import vrl.models.loading
+
+    world, rank = (1, 0) if index == 0 else (WORLD, index - 1)
+    if world > 1:  # what torchrun / srun set before the process starts
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), NODE_RANK="0",
+            RANK=str(rank), LOCAL_RANK=str(rank),
+        )  # fmt: skip
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        rank_zero_only.rank = rank  # what lightning computes from those variables at import
+    seen, writes = [], []
+    build, save_vlm, save_ckpt = (
+        vrl.build.build_module,
+        vrl.models.loading.save_vlm,
+        vrl.lit.checkpoint.AtomicCheckpointIO.save_checkpoint,
+    )
+
+    def patched_build(cfg):
+        module = build(cfg)
+        pad = module.vlm.processor.tokenizer.pad_token_id
+        module.sampler.generate = _per_prompt_seeded(module.sampler.generate, pad, seen)
+        module.reward = CoinReward(dead)
+        return module
+
+    def recorded_save_vlm(*args, **kwargs):
+        writes.append("policy")
+        return save_vlm(*args, **kwargs)
+
+    def recorded_save_ckpt(self, *args, **kwargs):
+        writes.append("checkpoint")
+        return save_ckpt(self, *args, **kwargs)
+
+    vrl.build.build_module = patched_build
+    vrl.models.loading.save_vlm = recorded_save_vlm
+    vrl.lit.checkpoint.AtomicCheckpointIO.save_checkpoint = recorded_save_ckpt
+    from vrl.train import run
+
+    extra = ["trainer.accelerator=cpu", f"trainer.devices={world}"] + (["trainer.strategy=ddp"] if world > 1 else [])
+    metrics = {}
+    for overrides in runs[min(index, 1)]:  # one or more runs in turn (a resume: the first stops, the next continues)
+        metrics = run(compose([*overrides, *extra]))
+    out[index] = {"metrics": metrics, "uids": seen, "writes": writes}
+
+
+def _launch(compose, reference, ddp, dead, timeout_s=240):
+    """The single-process runs ``reference`` and the 2-rank runs ``ddp`` at once, on 3 forked processes; what
+    each process reported, by index (0: reference, 1 + r: DDP rank r)."""
+    _preload(compose, reference[0])
+    with mp.Manager() as manager:
+        out = manager.dict()
+        args = (_free_port(), compose, (reference, ddp), dead, out)
+        ctx = mp.start_processes(_job, args=args, nprocs=1 + WORLD, join=False, start_method="fork")
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not ctx.join(timeout=1):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"a run is still going after {timeout_s} s (a hang?)")
+        finally:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+        return {index: dict(value) for index, value in out.items()}
+
+
+def _preload(compose, overrides):
+    """Import what a run imports before forking, so each process does not import it again (~4 s each)."""
+    import importlib
+
+    cfg = compose(overrides)
+    for node in (cfg.model, cfg.data.train):
+        importlib.import_module(node._target_.rpartition(".")[0])
+    import lightning.pytorch.strategies.ddp  # noqa: F401
+    import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl  # noqa: F401
+
+    import vrl.train  # noqa: F401
+
+
+def _logged(run_dir: Path) -> dict[int, dict[str, float]]:
+    """Step -> logged metrics, from logger=csv (Lightning writes one row per logging call)."""
+    steps: dict[int, dict[str, float]] = {}
+    for version in sorted((run_dir / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1])):
+        for row in csv.DictReader((version / "metrics.csv").open()):  # a resumed run: the next version
+            values = {k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"}
+            steps.setdefault(int(row["step"]), {}).update(values)
+    return steps
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "policy" / "model.safetensors")
+
+
+def _dead_uids(compose, overrides, positions):
+    """The uids at these positions of the (single-process) prompt order: DAPO's filter drops their groups."""
+    from hydra.utils import instantiate
+
+    from vrl.data.source import PromptSource
+
+    cfg = compose(overrides)
+    rows = PromptSource(instantiate(cfg.data.train), 1, seed=cfg.seed).next_rows(max(positions) + 1)
+    return [str(rows[p].get("uid")) for p in positions]
+
+
+def _base(tiny_overrides, run_dir):
+    keep = [o for o in tiny_overrides if not o.startswith(("output_dir", "logger", "save_policy", "data_loader"))]
+    return [
+        *keep,
+        f"output_dir={run_dir}",
+        "logger=csv",
+        "save_policy=true",
+        "optimizer=sgd",  # weights move linearly in the gradient: a gradient mismatch shows as it is
+        "data.val.num_samples=8",
+    ]
+
+
+def _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(), steps=2, resume_at=None):
+    """Reference (1 process, 2B prompts) vs DDP (2 ranks, B each); with ``resume_at`` the DDP run stops after that
+    many steps and a new launch resumes it from its checkpoint."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    reference = [[*_base(tiny_overrides, one), *extra, f"data_loader.batch_size={WORLD * B}"]]
+    ddp = [*_base(tiny_overrides, two), *extra, f"data_loader.batch_size={B}"]
+    ddp = [ddp] if resume_at is None else [[*ddp, f"trainer.max_steps={resume_at}"], [*ddp, "ckpt_path=last"]]
+    dead = _dead_uids(compose, reference[0], dead_positions) if dead_positions else []
+    out = _launch(compose, reference, ddp, dead)
+    assert sorted(out) == [0, 1, 2], "a process did not finish"
+    ref, ranks = out[0], [out[1 + r] for r in range(WORLD)]
+    # prompt sharding: disjoint, and together the prompts the single process drew
+    assert not set(ranks[0]["uids"]) & set(ranks[1]["uids"])
+    assert sorted(ranks[0]["uids"] + ranks[1]["uids"]) == sorted(ref["uids"])
+    # only rank 0 writes the policy and checkpoints (the logger writes on rank 0 only: Lightning's rule)
+    assert "policy" in ranks[0]["writes"] and "checkpoint" in ranks[0]["writes"]
+    assert ranks[1]["writes"] == []
+    a, b = _weights(one), _weights(two)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    logged_one, logged_two = _logged(one), _logged(two)
+    assert sorted(logged_one) == sorted(logged_two) == list(range(steps))
+    for step in range(steps):
+        assert logged_one[step]["train/grad_norm"] > 0  # a real update, not a zero gradient on both sides
+        for key in COMPARED:
+            assert (key in logged_one[step]) == (key in logged_two[step]), key
+            if key in logged_one[step]:
+                got, want = logged_two[step][key], logged_one[step][key]
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"step {step} {key}: {got} != {want}")
+    for key in ("val/accuracy", "val/reward"):
+        torch.testing.assert_close(ranks[0]["metrics"][key], ref["metrics"][key], msg=key)
+        torch.testing.assert_close(ranks[1]["metrics"][key], ref["metrics"][key], msg=key)  # every rank agrees
+    return ref, ranks
+
+
+@pytest.mark.slow
+def test_ddp_token_mean_with_dapo_refills_equals_one_process(compose, tmp_path, tiny_overrides):
+    # positions 0, 1 (step 0) and 8, 11 (step 1) are dead: one per rank in each step's first draw, so each
+    # rank refills once and keeps the same groups as the single process's refill (see the module docstring)
+    ref, _ = _compare(compose, tmp_path, tiny_overrides, ["+method=dapo"], dead_positions=(0, 1, 8, 11))
+    assert len(ref["uids"]) == 16  # two draws per step: the refills happened
+
+
+@pytest.mark.slow
+def test_ddp_seq_mean_with_pearl_probe_branch_equals_one_process(compose, tmp_path, tiny_overrides):
+    # PEARL attaches its probes as a second branch with its own loss denominator (a [branches] normaliser
+    # reduced over ranks); the gate is off so that a random policy's probes do not gate every prompt
+    extra = ["+method=pearl", "loss_agg=seq_mean_token_mean", "hooks.pearl.gate=false", "hooks.pearl.group_size=2"]
+    _compare(compose, tmp_path, tiny_overrides, extra)
+
+
+@pytest.mark.slow
+def test_ddp_unequal_ranks_and_a_resume_equal_one_uninterrupted_process(compose, tmp_path, tiny_overrides):
+    # Dr. GRPO's aggregation; step 0 drops position 1 (rank 1's first prompt) without a refill, so rank 0 holds
+    # 8 sequences (4 micro-batches of 2) and rank 1 holds 4 (2 micro-batches, then 2 zero-gradient backwards to
+    # match rank 0's all-reduces). The DDP run stops after step 1 and a new run resumes it from last.ckpt.
+    extra = ["+method=dapo", "hooks.dynamic_sampling.max_tries=1", "update.micro_batch_size=2"]
+    extra += ["loss_agg=seq_mean_token_sum_norm", "trainer.val_check_interval=1"]
+    _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(1,), resume_at=1)
+
+
+# ----------------------------------------------------------------- the rules, without processes
+@pytest.mark.parametrize(("rows", "world"), [(32, 2), (33, 2), (30, 3)])
+def test_prompt_shards_are_disjoint_and_cover_each_epoch(rows, world):
+    from vrl.data.source import PromptSource
+
+    data = [{"prompt": str(i), "uid": str(i)} for i in range(rows)]
+    usable = rows - rows % world  # equal shards keep ranks in lock-step; the rest waits for the next epoch
+    shards = [PromptSource(data, 1, seed=3, rank=r, world_size=world).next_rows(usable // world) for r in range(world)]
+    uids = [[row["uid"] for row in shard] for shard in shards]
+    assert sum(len(u) for u in uids) == len({x for u in uids for x in u}) == usable  # disjoint
+    one = PromptSource(data, 1, seed=3).next_rows(usable)  # the single process's epoch order ...
+    assert [u for i in range(usable // world) for u in (s[i] for s in uids)] == [r["uid"] for r in one]  # ... dealt
+
+
+def test_metrics_merged_over_ranks_equal_those_of_one_batch():
+    from vrl.lit.metrics import merge_columns, merge_scalars, merge_totals, rollout_metrics
+
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.rand(12, generator=g)
+    cols = {
+        "rewards": rewards,
+        "components": {"accuracy": (rewards > 0.5).float()},
+        "lengths": torch.randint(1, 5, (12,), generator=g).float(),
+        "group_ids": torch.arange(3).repeat_interleave(4),
+    }
+    cols["truncated"] = (cols["lengths"] >= 4).float()
+    whole = rollout_metrics(cols)
+    halves = []
+    for lo, hi in [(0, 8), (8, 12)]:  # unequal ranks: 2 groups and 1 group
+        half = {k: v[lo:hi] for k, v in cols.items() if k != "components"}
+        half["components"] = {"accuracy": cols["components"]["accuracy"][lo:hi]}
+        half["group_ids"] = half["group_ids"] - half["group_ids"].min()  # each rank numbers its groups from 0
+        halves.append(half)
+    merged = rollout_metrics(merge_columns(halves))
+    assert merged.keys() == whole.keys()
+    for key in whole:
+        assert merged[key] == pytest.approx(whole[key]), key
+    scalars = merge_scalars([{"perf/step_time_s": 1.0, "perf/tokens_per_s": 10.0, "pearl/x": 1.0}, {
+        "perf/step_time_s": 3.0, "perf/tokens_per_s": 30.0, "pearl/x": 3.0}])  # fmt: skip
+    assert scalars == {"perf/step_time_s": 3.0, "perf/tokens_per_s": 40.0, "pearl/x": 2.0}
+    assert merge_totals([{"tokens": 3.0}, {"tokens": 4.0, "kl_sum": 1.0}]) == {"tokens": 7.0, "kl_sum": 1.0}
+
+
+def test_a_switch_rule_that_fired_on_another_rank_switches_this_one_too():
+    from vrl.hooks import StepContext
+    from vrl.lit.stages import MetricRule, Stage, StageScheduler
+
+    scheduler = StageScheduler([Stage("a", metric=MetricRule("m", 0.5)), Stage("b")])
+    other_rank = torch.tensor(0.0)
+    ctx = StepContext(
+        metrics={"m": 0.0},  # never fires here
+        train_data=[{"prompt": str(i), "uid": str(i)} for i in range(8)],
+        world_size=2,
+        gather=lambda t: torch.stack([t, other_rank]),
+        print=lambda line: None,
+    )
+    scheduler.on_step_start(ctx)
+    scheduler.on_step_start(ctx)
+    assert scheduler.index == 0  # neither rank's rule fired
+    other_rank = torch.tensor(1.0)  # e.g. an `exhausted` rule: the other rank drew more prompts (refills)
+    scheduler.on_step_start(ctx)
+    assert scheduler.index == 1
