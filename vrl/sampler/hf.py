@@ -21,6 +21,14 @@ class HFSampler:
         system_prompt: optional system message.
         prompt_suffix: text appended to every question (e.g. answer-format instructions).
         val_temperature: 0 means greedy decoding for validation.
+        logprobs: also return the sampling log-probs of the emitted tokens as ``Rollout.old_logprobs``, from
+            the logits ``generate`` sampled with, transformed as the scorer transforms them (temperature,
+            suppressed tokens; top-p/top-k truncation is not applied, as in the scorer). The loop then skips its
+            own old-policy pass, and VPPO scores the perturbed images only. Measured against the teacher-forced
+            pass (experiments/LOG.md, 2026-12-05): fp32 max |diff| 9.5e-7, bf16 2.0e-3 (mean 1.4e-4), so under
+            bf16 the first PPO ratio is not exactly 1. Costs N x L x V x 4 bytes of logits held until the end of
+            generation (64 x 256 x 151,936 -> 10 GB for Qwen's vocabulary): for large runs use a server that
+            returns log-probs, or keep the teacher-forced pass (the default).
     """
 
     def __init__(
@@ -33,6 +41,7 @@ class HFSampler:
         system_prompt: str | None = None,
         prompt_suffix: str = "",
         val_temperature: float = 0.0,
+        logprobs: bool = False,
     ) -> None:
         if group_size < 2:
             raise ValueError(f"sampler.group_size (G) must be >= 2 for a group baseline, got {group_size}")
@@ -50,6 +59,7 @@ class HFSampler:
         self.system_prompt = system_prompt
         self.prompt_suffix = prompt_suffix
         self.val_temperature = val_temperature
+        self.logprobs = logprobs
 
     @torch.no_grad()
     def generate(self, vlm, samples: list[dict], group_size: int | None = None, greedy: bool = False) -> Rollout:
@@ -78,13 +88,22 @@ class HFSampler:
         else:
             temp = self.val_temperature if greedy else self.temperature
             gen_kwargs.update(do_sample=True, temperature=temp, top_p=self.top_p, top_k=self.top_k or None)
+        with_logprobs = self.logprobs and not greedy
+        if with_logprobs:
+            gen_kwargs.update(output_logits=True, return_dict_in_generate=True)
         was_training = model.training
         model.eval()
         out = model.generate(**inputs, **gen_kwargs)
         model.train(was_training)
+        sequences = out.sequences if with_logprobs else out
         prompt_width = inputs["input_ids"].shape[1]
-        response = out[:, prompt_width:]
+        response = sequences[:, prompt_width:]
         response, response_mask = _truncate_after_eos(response, tok.eos_token_id, tok.pad_token_id)
+        old = None
+        if with_logprobs:
+            logits = torch.stack(out.logits, dim=1)  # [N, L, V], before any logits processor
+            old = sampling_logprobs(logits, response, self.temperature, gen_kwargs["suppress_tokens"])
+            old = old * response_mask
         mm_types = None
         if "mm_token_type_ids" in inputs:  # response tokens are text (type 0)
             mm_types = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(response)], dim=1)
@@ -102,7 +121,19 @@ class HFSampler:
             samples=rows,
             responses=tok.batch_decode(response, skip_special_tokens=True),  # after-EOS slots hold pad (special)
             mm_token_type_ids=mm_types,
+            old_logprobs=old,
         )
+
+
+def sampling_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, suppress_ids: list[int]
+) -> torch.Tensor:
+    """log p(token) [N, L] under ``logits`` [N, L, V] / temperature with ``suppress_ids`` masked: the
+    distribution ``vrl.models.scoring.response_logits`` scores, so the two passes agree up to numerics."""
+    logits = logits.float() / temperature
+    if suppress_ids:
+        logits = logits.index_fill(-1, torch.tensor(suppress_ids, device=logits.device), -1e9)
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def suppressed_token_ids(tokenizer) -> list[int]:
