@@ -321,10 +321,9 @@ def instrument_vrl(module, timer: StageTimer) -> None:
     module.score_passes = timer.wrap("score passes (old/ref log-probs)", module.score_passes)
     module.objective = _TimedProxy(module.objective, timer, "update: forward + loss")
     module.manual_backward = timer.wrap("update: backward", module.manual_backward)
-    module._clip_and_check = timer.wrap("update: grad clip", module._clip_and_check)
+    module.guard.step = timer.wrap("update: grad clip + optimizer step", module.guard.step)
     opt = module.optimizers()
     opt.step = timer.wrap("update: optimizer step", opt.step)
-    module.update = timer.wrap("update: total", module.update)
     module.make_rollout = timer.wrap("make_rollout: total (data + rollout + reward)", module.make_rollout)
     module.log_dict = timer.wrap("logging: self.log_dict/log", module.log_dict)
     module.log = timer.wrap("logging: self.log_dict/log", module.log)
@@ -339,13 +338,14 @@ def module_level_timers(timer: StageTimer | None):
     import vrl.lit.rl_module as rlm
     import vrl.sampler.hf as hf
 
-    saved = (hf.encode_prompts, rlm.rollout_metrics)
+    saved = (hf.encode_prompts, rlm.rollout_metrics, rlm.ppo_update)
     hf.encode_prompts = timer.wrap("rollout: encode prompts (chat template + image processor)", saved[0])
     rlm.rollout_metrics = timer.wrap("metrics: rollout_metrics", saved[1])
+    rlm.ppo_update = timer.wrap("update: total", saved[2])
     try:
         yield
     finally:
-        hf.encode_prompts, rlm.rollout_metrics = saved
+        hf.encode_prompts, rlm.rollout_metrics, rlm.ppo_update = saved
 
 
 def instrument_trl(tr, timer: StageTimer) -> None:

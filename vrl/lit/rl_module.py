@@ -16,7 +16,6 @@ mini-batch and PPO epoch).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -29,9 +28,9 @@ from vrl.data.source import PromptSource, StepTicks
 from vrl.hooks import HookSet, StepContext
 from vrl.lit.checkpoint import loop_state, restore_loop_state
 from vrl.lit.context import RunSettings, step_context
-from vrl.lit.dist import gather_objects, reduce_value, world_size, zero_loss
+from vrl.lit.dist import gather_objects, reduce_value, world_size
 from vrl.lit.guard import StepGuard
-from vrl.lit.loss import MAX_BRANCHES, Objective
+from vrl.lit.loss import Objective
 from vrl.lit.metrics import (
     merge_columns,
     merge_scalars,
@@ -41,7 +40,7 @@ from vrl.lit.metrics import (
     rollout_metrics,
     update_metrics,
 )
-from vrl.lit.sft import sft_backward
+from vrl.lit.optimize import minibatches, ppo_update, sft_update
 from vrl.methods.advantage import Advantage
 from vrl.models.scoring import score_logprobs
 from vrl.rewards.combine import RewardSet
@@ -174,7 +173,7 @@ class RLModule(L.LightningModule):
             return
         ctx = self.context()  # with this step's stage settings
         if (pairs := self.hooks.replace_step(ctx)) is not None:  # H11: e.g. an SFT stage's step
-            self.log_dict(self._global_metrics(self._step_metrics | self.sft_update(pairs)), on_step=True)
+            self.log_dict(self._global_metrics(self._step_metrics | sft_update(self, pairs)), on_step=True)
             return
         rollout = self.make_rollout(ctx)
         t_rollout = time.perf_counter() - t0
@@ -191,7 +190,7 @@ class RLModule(L.LightningModule):
         if (factor := self.hooks.advantage_factor(rollout, ctx)) is not None:  # H8
             rollout.advantages = rollout.advantages * factor.to(rollout.advantages)
         rollout.loss_mask, rollout.norm_mask = self.hooks.token_weights(rollout, ctx)  # H9
-        totals, losses, grad_norms = self.update(rollout, ctx)
+        totals, losses, grad_norms = ppo_update(self, rollout, ctx)
         scalars = {**self._sampling_stats, **self._step_metrics, **self.reward.pop_stats()}
         scalars |= perf_metrics(rollout, time.perf_counter() - t0, t_rollout)
         metrics = self._global_metrics(scalars, rollout_columns(rollout.main(), self.sampler.max_new_tokens), totals)
@@ -252,7 +251,10 @@ class RLModule(L.LightningModule):
         """Old-policy and reference log-probs, then the hooks' extra teacher-forced passes (H7)."""
         temp, mb, impl = self.objective.temperature, self.micro_batch_size, self.objective.kernel_impl
         sup = self.objective.suppress_ids
-        needed = self.ppo_epochs * len(self._minibatches(rollout.num_sequences)) > 1 or self.hooks.needs_old_logprobs
+        needed = (
+            self.ppo_epochs * len(minibatches(rollout.num_sequences, self.mini_batch_size)) > 1
+            or self.hooks.needs_old_logprobs
+        )
         if needed and rollout.old_logprobs is None:  # (a sampler with ``logprobs`` returned them already)
             rollout.old_logprobs = score_logprobs(self.policy, rollout, temp, mb, impl, sup)
         # else: strictly on-policy; the loss uses the current log-probs detached (ratio exactly 1), unless a
@@ -265,90 +267,6 @@ class RLModule(L.LightningModule):
             rollout.extras.update(result.extras)
             if result.old_logprobs is not None and rollout.old_logprobs is None:
                 rollout.old_logprobs = result.old_logprobs
-
-    def _minibatches(self, n: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        return list(order.split(self.mini_batch_size or n))
-
-    def update(self, rollout: Rollout, ctx: StepContext) -> tuple[dict[str, float], list[float], list[float]]:
-        """PPO epochs over mini-batches; one optimizer step per mini-batch. Returns this rank's token sums (the
-        ``Objective`` stats) and the global loss and gradient norm of each optimizer step taken.
-
-        Under DDP every rank runs as many mini-batches, micro-batches and backward passes as the rank with the
-        most (:meth:`_plan`); a rank short of data runs zero-gradient backwards for the rest."""
-        totals: dict[str, float] = {}
-        losses, grad_norms = [], []
-        plan = self._plan(rollout.num_sequences)
-        for epoch in range(self.ppo_epochs):
-            shuffle = torch.Generator().manual_seed(self.data_seed * 1_000_003 + self.global_step + epoch)
-            minis = self._minibatches(rollout.num_sequences, shuffle if self.ppo_epochs > 1 else None)
-            for i, micro_batches in enumerate(plan):
-                mini = rollout.select(minis[i] if i < len(minis) else torch.zeros(0, dtype=torch.long))
-                normalizer = self._normalizer(rollout, mini)
-                loss_total = self._accumulate(mini, normalizer, totals, ctx, micro_batches)
-                loss_total = reduce_value(self, loss_total, "mean")  # the global loss; NaN on a rank: on all
-                if (grad_norm := self.guard.step(self, loss_total)) is not None:
-                    losses.append(loss_total)
-                    grad_norms.append(grad_norm)
-        return totals, losses, grad_norms
-
-    def _plan(self, n: int) -> list[int]:
-        """Micro-batches of each mini-batch, the same on every rank: the most any rank has (one process: its own)."""
-        local = [math.ceil(len(idx) / self.micro_batch_size) for idx in self._minibatches(n)]
-        if world_size(self) == 1:
-            return local
-        ranks = gather_objects(self, local)
-        return [max(r[i] if i < len(r) else 0 for r in ranks) for i in range(max(map(len, ranks)))]
-
-    def _normalizer(self, rollout: Rollout, mini: Rollout) -> torch.Tensor:
-        """The mini-batch's loss denominator, global under DDP (gradients are averaged over ranks, so the
-        per-rank denominators are averaged too); per sequence when branches are attached."""
-        if mini.num_sequences:
-            normalizer = self.objective.normalizer(mini, self.sampler.max_new_tokens)
-        else:  # a mini-batch only other ranks have: it adds nothing, in the shape theirs has
-            normalizer = torch.zeros(MAX_BRANCHES if rollout.branch is not None else (), device=self.device)
-        if world_size(self) > 1:
-            normalizer = self.trainer.strategy.reduce(normalizer, reduce_op="mean")
-        if mini.branch is not None:  # one denominator per branch -> one per sequence
-            normalizer = normalizer[mini.branch.to(normalizer.device)]
-        return normalizer
-
-    def _accumulate(
-        self, mini: Rollout, normalizer: torch.Tensor, totals: dict[str, float], ctx, micro_batches: int
-    ) -> float:
-        loss_total = 0.0
-        chunks = torch.arange(mini.num_sequences).split(self.micro_batch_size) if mini.num_sequences else ()
-        for _ in range(micro_batches - len(chunks)):  # micro-batches only other ranks have (DDP)
-            self.manual_backward(zero_loss(self.policy))
-        for idx in chunks:
-            micro = mini.select(idx)
-            norm = normalizer[idx.to(normalizer.device)] if normalizer.dim() else normalizer
-            loss, stats, out = self.objective(self.policy, micro, norm)
-            extra, extra_stats = self.hooks.extra_loss(micro, out, norm, ctx)  # H10
-            if extra is not None:
-                loss = loss + extra
-                stats |= extra_stats
-            self.manual_backward(loss)
-            loss_total += float(loss.detach())
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        return loss_total
-
-    def sft_update(self, pairs: Rollout) -> dict[str, float]:
-        """One supervised optimizer step on teacher-forced ``pairs`` (a stage's H11 step), token-mean NLL."""
-        lr = self.optimizers().param_groups[0]["lr"]  # the stage's, before the LR schedule steps
-        # under DDP: the token count averaged over ranks (as the RL normaliser) and as many backwards on each rank
-        tokens = reduce_value(self, float(pairs.response_mask.sum()), "mean")
-        local = math.ceil(pairs.num_sequences / self.micro_batch_size)
-        for _ in range(int(reduce_value(self, local, "max")) - local):
-            self.manual_backward(zero_loss(self.policy))
-        loss, _ = sft_backward(
-            self.policy, pairs, self.micro_batch_size, self.objective.suppress_ids, self.manual_backward, tokens
-        )
-        loss = reduce_value(self, loss, "mean")
-        grad_norm = self.guard.step(self, loss)
-        norm = math.nan if grad_norm is None else grad_norm
-        return {"sft/loss": loss, "sft/tokens": tokens * world_size(self), "train/grad_norm": norm, "train/lr": lr}
 
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
