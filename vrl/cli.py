@@ -33,6 +33,27 @@ def primary_keys() -> tuple[set[str], set[str]]:
     return set(primary.keys()) - {"defaults"}, groups - {"_self_"}
 
 
+#: Hydra plugins behind config options (``hydra/launcher=submitit_slurm``, ``+sweep=optuna_grpo``): the word in the
+#: option, the module the plugin installs, its package. Both come with ``pip install -e ".[cluster]"``.
+PLUGINS = {
+    "submitit": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+}
+
+
+def check_plugins(argv: list[str]) -> None:
+    """Raise ``ConfigError`` when an override selects a launcher or sweeper whose Hydra plugin is not installed."""
+    from importlib.util import find_spec
+
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if not key.lstrip("+~").startswith(("hydra/launcher", "hydra/sweeper", "sweep")):
+            continue
+        for word, (module, package) in PLUGINS.items():
+            if word in value and find_spec(module) is None:
+                raise ConfigError(f'{arg} needs the {package} package: pip install -e ".[cluster]" (or {package})')
+
+
 def check_group_overrides(argv: list[str]) -> None:
     """Raise ``ConfigError`` for an override that selects a group option that does not exist.
 
@@ -49,6 +70,8 @@ def check_group_overrides(argv: list[str]) -> None:
         key, value = arg.split("=", 1)
         plus = key.startswith("+")
         group = key.lstrip("+~").split("@")[0]
+        if group.startswith("hydra/"):  # Hydra's own groups (launcher, sweeper, ...; plugins add options): Hydra's
+            continue
         options = group_options(group)
         if options is None or not value or value == "null":
             continue

@@ -173,10 +173,13 @@ def _sweep_tags() -> dict[str, str]:
 
 def main() -> None:
     """``python -m vrl`` / ``vrl``: one-line errors for unknown group options, then Hydra (``_hydra_main``)."""
-    from vrl.cli import check_group_overrides
+    from vrl.cli import check_group_overrides, check_plugins
     from vrl.errors import ConfigError
 
+    # a cluster launcher/sweeper config is validated against the plugin's schema of the same name (on purpose)
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
     try:
+        check_plugins(sys.argv[1:])
         check_group_overrides(sys.argv[1:])
     except ConfigError as err:
         print(f"[vrl] config error: {err}", file=sys.stderr)
@@ -195,7 +198,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise
         print(f"[vrl] {cause.kind} error: {cause}", file=sys.stderr)
         sys.exit(2)
-    return metrics.get("val/accuracy")
+    return objective(metrics)
+
+
+def objective(metrics: dict[str, float]) -> float | None:
+    """What a sweeper (Optuna) optimises: the run's final validation accuracy, or its validation reward when the
+    reward has no accuracy term; None when no validation ran."""
+    return next((metrics[k] for k in ("val/accuracy", "val/reward") if k in metrics), None)
 
 
 def _user_error(err: BaseException):
