@@ -172,7 +172,12 @@ def _sweep_tags() -> dict[str, str]:
 
 
 def main() -> None:
-    """``python -m vrl`` / ``vrl``: one-line errors for unknown group options, then Hydra (``_hydra_main``)."""
+    """``python -m vrl`` / ``vrl``: one-line errors for unknown group options, then Hydra (``_hydra_main``);
+    ``vrl report ...`` writes a sweep report (``vrl.report``)."""
+    if sys.argv[1:2] == ["report"]:  # `vrl report <multirun dir | MLflow experiment>`: vrl/report.py
+        from vrl.report import main as report
+
+        sys.exit(report(sys.argv[2:]))
     from vrl.cli import check_group_overrides, check_plugins
     from vrl.errors import ConfigError
 
