@@ -25,6 +25,7 @@ import lightning as L
 import torch
 
 from vrl.data.source import PromptSource, StepTicks
+from vrl.errors import ConfigError
 from vrl.hooks import HookSet, StepContext
 from vrl.lit.checkpoint import loop_state, restore_loop_state
 from vrl.lit.context import RunSettings, step_context
@@ -122,6 +123,13 @@ class RLModule(L.LightningModule):
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
+        if world_size(self) > 1 and "FSDP" in type(self.trainer.strategy).__name__:
+            # every sharded forward is a collective: ranks must sample, refill and score in lock-step, which the
+            # loop does not do yet (DDP needs it only for backward passes). One process/GPU runs unsharded.
+            raise ConfigError(
+                "trainer=fsdp on more than one device is not supported yet: ranks would refill and score a different "
+                "number of times and hang; use trainer=ddp (with lora=r64 for large models) or one device"
+            )
         if self.settings is None:
             self.prompts = PromptSource(
                 self.train_data,

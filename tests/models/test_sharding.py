@@ -1,0 +1,94 @@
+"""trainer=fsdp / trainer=ddp: the configs compose, the wrap policy finds Qwen-VL's decoder layers and vision blocks
+on the tiny models (CPU), activation checkpointing through it leaves gradients unchanged; a 1-GPU FSDP run where
+CUDA is present (gpu marker)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from vrl.models.sharding import NoSplitPolicy, no_split_classes, no_split_names
+from vrl.models.tiny import build_tiny_tokenizer, build_tiny_vlm
+
+UNITS = {
+    "qwen2_vl": {"Qwen2VLDecoderLayer", "Qwen2VLVisionBlock"},
+    "qwen2_5_vl": {"Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"},
+    "qwen3_vl": {"Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"},
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.mark.parametrize("family", sorted(UNITS))
+def test_the_wrap_policy_finds_the_decoder_layers_and_vision_blocks(tokenizer, family):
+    model = build_tiny_vlm(family, tokenizer)
+    assert {c.__name__ for c in no_split_classes(model)} == UNITS[family]
+    policy = NoSplitPolicy()
+    assert policy(model, recurse=True)  # torch asks the root first, on the way down
+    wrapped = [name for name, m in model.named_modules() if policy(m, recurse=False)]
+    layers = model.config.text_config.num_hidden_layers
+    blocks = model.config.vision_config.depth
+    assert len(wrapped) == layers + blocks, wrapped
+    assert policy.names == no_split_names(model)
+    text_only = NoSplitPolicy(vision=False)
+    text_only(model, recurse=True)
+    assert sum(text_only(m, recurse=False) for m in model.modules()) == layers
+
+
+def test_activation_checkpointing_through_the_policy_keeps_the_gradient(tokenizer):
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointWrapper,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    model = build_tiny_vlm("qwen2_5_vl", tokenizer).train()
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def grads():
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    before = grads()
+    apply_activation_checkpointing(model, checkpoint_wrapper, auto_wrap_policy=NoSplitPolicy(vision=False))
+    assert sum(isinstance(m, CheckpointWrapper) for m in model.modules()) == model.config.text_config.num_hidden_layers
+    after = {n.replace("._checkpoint_wrapped_module", ""): g for n, g in grads().items()}
+    assert after.keys() == before.keys()
+    for name, grad in before.items():
+        torch.testing.assert_close(after[name], grad, msg=name)
+
+
+def test_the_trainer_presets_compose_and_build_their_strategies(compose):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    fsdp = compose(["trainer=fsdp"]).trainer
+    assert (fsdp.accelerator, fsdp.precision) == ("gpu", "bf16-mixed")
+    strategy = instantiate(fsdp.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    assert isinstance(strategy.kwargs["auto_wrap_policy"], NoSplitPolicy)
+    assert strategy.kwargs["use_orig_params"] is True  # frozen vision tower / LoRA inside one unit
+    assert strategy._activation_checkpointing_kwargs  # the decoder layers are recomputed in backward
+    ddp = compose(["trainer=ddp", "trainer.num_nodes=2", "trainer.devices=8"]).trainer
+    assert (ddp.strategy, ddp.num_nodes, ddp.devices, ddp.accelerator) == ("ddp", 2, 8, "gpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_one_gpu_fsdp_run_trains_and_saves_a_loadable_policy(compose, tiny_overrides, tmp_path):
+    from safetensors.torch import load_file
+
+    from vrl.train import run
+
+    overrides = [o for o in tiny_overrides if not o.startswith("save_policy")] + ["save_policy=true"]
+    overrides += ["trainer=fsdp", "trainer.devices=1", "lora=r8"]
+    overrides.append("+reward.length={_target_:vrl.rewards.LengthPenalty,target:12}")  # a non-zero gradient
+    metrics = run(compose(overrides))
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert metrics["train/grad_norm"] > 0
+    weights = load_file(tmp_path / "policy" / "model.safetensors")
+    assert weights and all(torch.isfinite(w.float()).all() for w in weights.values())
