@@ -73,10 +73,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     checkpoints = Path(OmegaConf.select(cfg, "callbacks.checkpoints.dirpath") or f"{cfg.output_dir}/checkpoints")
     resume_from, resumed = resolve_resume(cfg.ckpt_path, checkpoints)  # a bad ckpt_path stops here, in one line
-    logger = _logger(cfg, resumed.get("mlflow_run_id"))  # a dead tracking server too, before the model is built
+    # a dead tracking server stops the run here, before the model is built. Only rank 0 logs (Lightning's rule), so
+    # under DDP the other ranks build no logger: N processes creating one SQLite store at once collide
+    logger = _logger(cfg, resumed.get("mlflow_run_id")) if rank_zero_only.rank == 0 else None
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
-    if is_mlflow(logger) and rank_zero_only.rank == 0:  # under DDP the other ranks' logger is a stand-in
+    if is_mlflow(logger):
         if resumed.get("mlflow_run_id"):
             logger.continue_run()  # the same MLflow run, each step logged once
         else:

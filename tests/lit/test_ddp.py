@@ -176,8 +176,17 @@ def _preload(compose, overrides):
 
 
 def _logged(run_dir: Path) -> dict[int, dict[str, float]]:
-    """Step -> logged metrics, from logger=csv (Lightning writes one row per logging call)."""
+    """Step -> logged metrics, from logger=csv (one row per logging call) or logger=mlflow (one run: rank 0's)."""
     steps: dict[int, dict[str, float]] = {}
+    if (run_dir / "mlflow.db").is_file():
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+        (run,) = client.search_runs([client.get_experiment_by_name("vrl").experiment_id])  # rank 1 logs nothing
+        for key in run.data.metrics:
+            for m in client.get_metric_history(run.info.run_id, key):
+                steps.setdefault(m.step, {})[key] = m.value
+        return steps
     for version in sorted((run_dir / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1])):
         for row in csv.DictReader((version / "metrics.csv").open()):  # a resumed run: the next version
             values = {k: float(v) for k, v in row.items() if v not in ("", None) and k != "step"}
@@ -202,24 +211,26 @@ def _dead_uids(compose, overrides, positions):
     return [str(rows[p].get("uid")) for p in positions]
 
 
-def _base(tiny_overrides, run_dir):
+def _base(tiny_overrides, run_dir, logger="csv"):
     keep = [o for o in tiny_overrides if not o.startswith(("output_dir", "logger", "save_policy", "data_loader"))]
+    if logger == "mlflow":
+        keep += [f"logger.tracking_uri=sqlite:///{run_dir}/mlflow.db", f"logger.artifact_location={run_dir}/art"]
     return [
         *keep,
         f"output_dir={run_dir}",
-        "logger=csv",
+        f"logger={logger}",
         "save_policy=true",
         "optimizer=sgd",  # weights move linearly in the gradient: a gradient mismatch shows as it is
         "data.val.num_samples=8",
     ]
 
 
-def _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(), steps=2, resume_at=None):
+def _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(), steps=2, resume_at=None, logger="csv"):
     """Reference (1 process, 2B prompts) vs DDP (2 ranks, B each); with ``resume_at`` the DDP run stops after that
     many steps and a new launch resumes it from its checkpoint."""
     one, two = tmp_path / "one", tmp_path / "two"
-    reference = [[*_base(tiny_overrides, one), *extra, f"data_loader.batch_size={WORLD * B}"]]
-    ddp = [*_base(tiny_overrides, two), *extra, f"data_loader.batch_size={B}"]
+    reference = [[*_base(tiny_overrides, one, logger), *extra, f"data_loader.batch_size={WORLD * B}"]]
+    ddp = [*_base(tiny_overrides, two, logger), *extra, f"data_loader.batch_size={B}"]
     ddp = [ddp] if resume_at is None else [[*ddp, f"trainer.max_steps={resume_at}"], [*ddp, "ckpt_path=last"]]
     dead = _dead_uids(compose, reference[0], dead_positions) if dead_positions else []
     out = _launch(compose, reference, ddp, dead)
@@ -261,9 +272,10 @@ def test_ddp_token_mean_with_dapo_refills_equals_one_process(compose, tmp_path, 
 @pytest.mark.slow
 def test_ddp_seq_mean_with_pearl_probe_branch_equals_one_process(compose, tmp_path, tiny_overrides):
     # PEARL attaches its probes as a second branch with its own loss denominator (a [branches] normaliser
-    # reduced over ranks); the gate is off so that a random policy's probes do not gate every prompt
+    # reduced over ranks); the gate is off so that a random policy's probes do not gate every prompt. Logged to
+    # MLflow: one run (rank 1 builds no logger; two processes creating one SQLite store collided)
     extra = ["+method=pearl", "loss_agg=seq_mean_token_mean", "hooks.pearl.gate=false", "hooks.pearl.group_size=2"]
-    _compare(compose, tmp_path, tiny_overrides, extra)
+    _compare(compose, tmp_path, tiny_overrides, extra, logger="mlflow")
 
 
 @pytest.mark.slow
