@@ -175,6 +175,11 @@ class RewardSet:
         self._watch(total)
         return total, components
 
+    @property
+    def weights(self) -> dict[str, float]:
+        """name -> the weight each term's component enters the total with (what multi-reward advantages read)."""
+        return {name: float(getattr(term, "weight", 1.0)) for name, term in self.terms.items()}
+
     def with_terms(self, terms: Mapping[str, Any]) -> RewardSet:
         """A new reward set over ``terms`` with this one's sandbox settings (a curriculum stage's reward).
 
