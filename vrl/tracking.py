@@ -55,6 +55,8 @@ def build_mlflow_logger(
     location = None
     if artifact_location and not uri.startswith(("http://", "https://")):
         location = Path(artifact_location).resolve().as_uri()
+    if uri.startswith("sqlite:///"):
+        create_sqlite_store(uri, experiment_name, location)
     from vrl.lit.run_logger import ResumableMLFlowLogger  # Lightning: imported only once the config is valid
 
     return ResumableMLFlowLogger(
@@ -66,6 +68,27 @@ def build_mlflow_logger(
         log_model=False,
         run_id=run_id,
     )
+
+
+def create_sqlite_store(uri: str, experiment_name: str, artifact_location: str | None = None) -> None:
+    """Create (and migrate) the SQLite store and the experiment one process at a time: the first jobs of a sweep
+    under ``hydra/launcher=submitit_local`` start together, and processes creating one store (``duplicate column
+    name``) or one experiment at once fail. The lock is on the store's folder (no lock file left behind)."""
+    import fcntl
+
+    folder = Path(uri[len("sqlite:///") :]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)  # creates the tables, or finds them
+        if client.get_experiment_by_name(experiment_name) is None:
+            client.create_experiment(experiment_name, artifact_location=artifact_location)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _require(package: str, option: str) -> None:
