@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .context import CONTEXT_KEY, RewardContext
+from .routing import row_value, source_metrics, source_sums
 from .sandbox import START_METHODS, Outcome, WorkerPool, call_contained, call_in_thread
 
 logger = logging.getLogger("vrl")
@@ -89,6 +91,14 @@ class RewardSet:
             pickled on every call, and images dominate that cost (measured with 64 rows sharing 8 images:
             ~0.5 ms at 112 px, 13-21 ms at 448 px, 80-150 ms at 1024 px per call), so name ``images`` here when no
             isolated term reads them. ``Accuracy`` reads them only for "bbox" answers in the ``pixel`` frame.
+        source_keys: Row fields (dotted paths) to report per-source metrics by, e.g. ``[data_source,
+            reward_spec.verifier]``: per value, the mean total reward, the mean of each component and the row
+            count since the last :meth:`pop_stats` (``by_data_source/<value>/reward|<term>|count``;
+            :func:`vrl.rewards.routing.source_sums`). Training calls only: a call whose context says
+            ``training=False`` (validation) is left out. () (default): none.
+        row_weights_key: Dotted path of a row field holding that row's own term weights (``{accuracy: 1.0,
+            format: 0.1}``), which replace the configured weights in that row's total; terms it does not name keep
+            theirs. None (default): every row uses the configured weights. Components stay unweighted.
     """
 
     def __init__(
@@ -103,6 +113,8 @@ class RewardSet:
         term_defaults: Mapping[str, float] | None = None,
         start_method: str = "forkserver",
         worker_drop_keys: Sequence[str] = (),
+        source_keys: Sequence[str] = (),
+        row_weights_key: str | None = None,
     ) -> None:
         self.terms = {name: t for name, t in terms.items() if t is not None}
         if not self.terms:
@@ -133,7 +145,11 @@ class RewardSet:
             "term_defaults": term_defaults,
             "start_method": start_method,
             "worker_drop_keys": worker_drop_keys,
+            "source_keys": source_keys,
+            "row_weights_key": row_weights_key,
         }
+        self.source_keys, self.row_weights_key = tuple(source_keys or ()), row_weights_key
+        self._sources: dict[str, list[float]] = {}
         self.degenerate_warn_after = degenerate_warn_after
         self.worker_drop_keys = frozenset(worker_drop_keys or ())
         self.defaults = {name: float((term_defaults or {}).get(name, default)) for name in self.terms}
@@ -146,8 +162,16 @@ class RewardSet:
         self._logged: set[tuple[str, str, str]] = set()
         self.degenerate_streak = 0
 
-    def __call__(self, responses: list[str], samples: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, responses: list[str], samples: list[dict], context: RewardContext | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Score N responses.
+
+        Args:
+            responses: the N decoded responses.
+            samples: their N data rows.
+            context: the run's position (:class:`vrl.rewards.context.RewardContext`); every term's rows then carry
+                it at ``reward_context`` (copies of the rows; the caller's are untouched).
 
         Returns:
             total [N] (sum of weight * term) and name -> [N] unweighted component values.
@@ -163,17 +187,40 @@ class RewardSet:
         n = len(responses)
         if len(samples) != n:
             raise ValueError(f"reward: {n} responses but {len(samples)} samples")
+        rows = samples
+        if context is not None:
+            samples = [{**s, CONTEXT_KEY: context} if isinstance(s, Mapping) else s for s in samples]
         in_workers = self.isolated if self._pool is not None else []
         values = {name: self._score_here(name, responses, samples) for name in self.terms if name not in in_workers}
         if in_workers:
             values |= self._score_in_workers(in_workers, responses, samples)
         total = torch.zeros(n, dtype=torch.float32)
         components = {}
+        weights = self._row_weights(rows)
         for name, term in self.terms.items():  # config order, whichever way each term ran
             components[name] = torch.tensor(values[name], dtype=torch.float32)
-            total += float(getattr(term, "weight", 1.0)) * components[name]
+            w = weights[name] if weights is not None else float(getattr(term, "weight", 1.0))
+            total += w * components[name]
         self._watch(total)
+        if self.source_keys and (context is None or context.training):
+            for prefix, sums in source_sums(rows, total, components, self.source_keys).items():
+                acc = self._sources.setdefault(prefix, [0.0] * len(sums))
+                self._sources[prefix] = [a + b for a, b in zip(acc, sums)]
         return total, components
+
+    def _row_weights(self, rows: list[dict]) -> dict[str, torch.Tensor] | None:
+        """[N] weight of each term per row when rows carry their own (``row_weights_key``), else None."""
+        if self.row_weights_key is None:
+            return None
+        out = {}
+        for name, term in self.terms.items():
+            configured = float(getattr(term, "weight", 1.0))
+            per_row = []
+            for row in rows:
+                own = row_value(row, self.row_weights_key) if isinstance(row, Mapping) else None
+                per_row.append(float(own[name]) if isinstance(own, Mapping) and name in own else configured)
+            out[name] = torch.tensor(per_row, dtype=torch.float32)
+        return out
 
     @property
     def weights(self) -> dict[str, float]:
@@ -314,11 +361,14 @@ class RewardSet:
             ``reward/errors/<term>``, ``reward/timeouts/<term>``, ``reward/nonfinite/<term>`` (samples that got
             the default for each reason), ``reward/fallbacks/<term>`` (batch calls that failed and were
             retried sample by sample), ``reward/degenerate_streak`` (the current streak; not reset here), and
-            whatever terms with a ``pop_stats`` of their own report (judge failures, cache hits).
+            whatever terms with a ``pop_stats`` of their own report (judge failures, cache hits), and the
+            per-source means (``source_keys``).
         """
         stats = {f"reward/{kind}/{name}": float(c) for kind, per in self._counts.items() for name, c in per.items()}
         self._counts = {kind: dict.fromkeys(self.terms, 0) for kind in _COUNTERS}
         stats["reward/degenerate_streak"] = float(self.degenerate_streak)
+        stats |= source_metrics(self._sources, list(self.terms))
+        self._sources = {}
         for term in self.terms.values():  # terms' own counters (e.g. a judge's failures), when they keep any
             if callable(getattr(term, "pop_stats", None)):
                 stats |= term.pop_stats()
