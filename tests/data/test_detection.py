@@ -38,3 +38,21 @@ def test_absent_categories_answer_no_objects():
     assert "No Objects" in answers and any(a != "No Objects" for a in answers)
     with pytest.raises(ValueError, match="absent_fraction"):
         build_detection(num_samples=1, absent_fraction=1.0)
+
+
+def test_v_triune_answers_and_the_mixture_tags_rows():
+    from vrl.data.mixture import build_mixture
+    from vrl.rewards.v_triune import DetectionVerifier
+
+    det = build_detection(num_samples=3, seed=2, answer_format="v_triune", mode="stream")
+    row = det[0]
+    boxes = json.loads(row["answer"])
+    assert all(set(b) == {"bbox_2d", "label"} for b in boxes) and '"bbox_2d"' in row["prompt"]
+    exact = f"<answer>{json.dumps(boxes)}</answer>"
+    assert DetectionVerifier(iou_threshold=0.99)([exact], [row]) == [1.0]
+    mixed = build_mixture({"a": [{"x": 1}, {"x": 2}], "b": det}, {"a": "math", "b": {"verifier": "detection"}})
+    assert len(mixed) == 5
+    assert (mixed[1]["x"], mixed[1]["data_source"], mixed[1]["reward_spec"]) == (2, "a", {"verifier": "math"})
+    assert (mixed[-1]["data_source"], mixed[-1]["uid"]) == ("b", det[2]["uid"])
+    with pytest.raises(ValueError, match=r"sources \['b'\] have no spec"):
+        build_mixture({"a": [], "b": det}, {"a": "math"})

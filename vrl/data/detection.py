@@ -6,6 +6,9 @@ of its objects in the Visual-RFT solution format::
 
     [{"Position": [x1, y1, x2, y2], "Confidence": 1}, ...]     (answer_type "detection"; "No Objects" when none)
 
+or, with ``answer_format="v_triune"``, V-Triune's ``[{"bbox_2d": [x1, y1, x2, y2], "label": "red circle"}, ...]``
+(each box labelled with its object's name; ``[]`` when none), which :mod:`vrl.rewards.v_triune` scores.
+
 Rows follow the synthetic schema (:mod:`vrl.types`) and the same determinism as :mod:`vrl.data.synthetic` (row
 ``i`` is a pure function of the arguments and ``i``; materialised and streamed rows are equal; the disk cache is
 keyed by a hash of the arguments). The task is kept out of :data:`vrl.data.tasks.TASKS` on purpose: that registry
@@ -29,8 +32,11 @@ from vrl.data.tasks import OBJECTS_BY_DIFFICULTY, row_rng
 CATEGORY_KINDS = ("color", "shape", "all")
 #: Bump when generation changes in a way that alters rows (part of the cache key).
 GENERATOR_VERSION = 1
-#: The answer instruction; boxes are in the image's own pixels, as in the synthetic grounding task.
-INSTRUCTION = 'Answer as [{"Position": [x1, y1, x2, y2], "Confidence": c}, ...] or No Objects.'
+#: The answer instruction per answer format; boxes are in the image's own pixels, as in the grounding task.
+INSTRUCTIONS = {
+    "visual_rft": 'Answer as [{"Position": [x1, y1, x2, y2], "Confidence": c}, ...] or No Objects.',
+    "v_triune": 'Answer as [{"bbox_2d": [x1, y1, x2, y2], "label": "red circle"}, ...].',
+}
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,11 @@ class DetectionSpec:
     difficulties: tuple[int, ...]
     categories: tuple[str, ...]
     absent_fraction: float
+    answer_format: str = "visual_rft"
 
     def __post_init__(self) -> None:
+        if self.answer_format not in INSTRUCTIONS:
+            raise ValueError(f"answer_format must be one of {sorted(INSTRUCTIONS)}, got {self.answer_format!r}")
         unknown = [c for c in self.categories if c not in CATEGORY_KINDS]
         if unknown or not self.categories:
             raise ValueError(f"categories must be a non-empty subset of {CATEGORY_KINDS}; got {self.categories}")
@@ -66,7 +75,10 @@ class DetectionSpec:
         scene = sample_scene(rng, rng.randint(*OBJECTS_BY_DIFFICULTY[difficulty]), self.image_size)
         kind = rng.choice(self.categories)
         target, hits = pick_category(rng, scene, kind, absent=rng.random() < self.absent_fraction)
-        answer = detection_answer([o.bbox for o in hits])
+        if self.answer_format == "v_triune":
+            answer = json.dumps([{"bbox_2d": list(o.bbox), "label": o.name} for o in hits])
+        else:
+            answer = detection_answer([o.bbox for o in hits])
         meta = {
             "scene": scene.to_dict(),
             "task": "detection",
@@ -80,7 +92,7 @@ class DetectionSpec:
             "index": index,
         }
         return {
-            "prompt": f"<image>\nFind every {target}. {INSTRUCTION}",
+            "prompt": f"<image>\nFind every {target}. {INSTRUCTIONS[self.answer_format]}",
             "images": [render(scene)],
             "answer": answer,
             "answer_type": "detection",
@@ -122,6 +134,7 @@ def build_detection(
     difficulties: tuple[int, ...] | list[int] = (1, 2, 3),
     categories: tuple[str, ...] | list[str] = CATEGORY_KINDS,
     absent_fraction: float = 0.0,
+    answer_format: str = "visual_rft",
     mode: str = "materialize",
     cache_dir: str | None = None,
     progress: bool | None = None,
@@ -139,6 +152,7 @@ def build_detection(
             (``circle``) and ``all`` (``object``: every object).
         absent_fraction: share of rows asking for a colour or shape the scene lacks (answer ``No Objects``). 0 by
             default: the released reward scores such rows 0 for every response (``no_objects_credit``).
+        answer_format: ``visual_rft`` (``Position`` + ``Confidence``) or ``v_triune`` (``bbox_2d`` + ``label``).
         mode: ``materialize`` (a ``datasets.Dataset``) or ``stream`` (rows rendered on access; the same rows).
         cache_dir: with ``materialize``, save under this folder by argument hash and reload; None: memory only.
         progress: progress bar while materialising; None shows one above 300 rows.
@@ -150,6 +164,7 @@ def build_detection(
         difficulties=tuple(int(d) for d in difficulties),
         categories=tuple(str(c) for c in categories),
         absent_fraction=float(absent_fraction),
+        answer_format=str(answer_format),
     )
     if mode == "stream":
         return SyntheticStream(spec, num_samples)  # type: ignore[arg-type]
