@@ -98,11 +98,12 @@ def test_log_tame_refuses_values_it_cannot_take_the_log_of():
     LogTame(threshold=-10.0, components=["acc"])(torch.zeros(4), torch.zeros(4, dtype=torch.long), components=comps)
 
 
-def test_without_components_each_falls_back_to_its_base_with_a_warning(caplog):
+def test_without_components_each_falls_back_to_its_base_with_a_warning(caplog, monkeypatch):
+    monkeypatch.setattr("vrl.methods.multi_reward._WARNED", set())
     for cls in (WeightedSum, LogTame, ComponentNorm):
         with caplog.at_level(logging.WARNING, logger="vrl"):
             torch.testing.assert_close(cls()(TOTAL, G), group_zscore(TOTAL, G))
-    assert "components=rollout.reward_components" in caplog.text
+    assert caplog.text.count("advantage_inputs(advantage, rollout, reward)") == 3  # once per class
 
 
 def test_nan_components_count_as_zero_and_the_reward_set_exposes_its_weights():
@@ -118,3 +119,16 @@ def test_nan_components_count_as_zero_and_the_reward_set_exposes_its_weights():
             return [0.0] * len(responses)
 
     assert RewardSet({"format": Term(), "accuracy": None}).weights == {"format": 0.1}
+
+
+def test_the_loop_adds_components_only_for_estimators_that_use_them():
+    from types import SimpleNamespace
+
+    from vrl.methods.advantage import GroupZScore
+    from vrl.methods.multi_reward import advantage_inputs
+
+    rollout, reward = SimpleNamespace(reward_components=COMPONENTS), SimpleNamespace(weights=WEIGHTS)
+    assert advantage_inputs(GroupZScore(), rollout, reward) == {}
+    extra = advantage_inputs(ComponentNorm(), rollout, reward)
+    assert extra == {"components": COMPONENTS, "weights": WEIGHTS}
+    torch.testing.assert_close(ComponentNorm()(TOTAL, G, None, **extra), torch.tensor([R2, -R2, -0.1 * R2, 0.1 * R2]))

@@ -116,6 +116,16 @@ def test_per_source_metrics_group_rows_by_their_fields():
     ]
 
 
+def test_validation_gets_per_source_means_with_their_counts():
+    from vrl.rewards.routing import source_means
+
+    rows = [{"data_source": "geo"}, {"data_source": "geo"}, {"data_source": "coco"}, {}]
+    total, parts = RewardSet({"accuracy": Length()})(["a", "abc", "ab", "x"], rows)
+    means = source_means(rows, total, parts, ["data_source"])
+    assert means["val/by_data_source/geo/accuracy"] == (2.0, 2) and means["val/by_data_source/coco/reward"] == (2.0, 1)
+    assert len(means) == 4  # geo and coco, reward and accuracy each; the row without a source is left out
+
+
 def test_rows_may_carry_their_own_term_weights():
     rewards = RewardSet(
         {"accuracy": Const(1.0), "format": Const(1.0, weight=0.1)}, row_weights_key="reward_spec.weights"

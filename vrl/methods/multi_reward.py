@@ -18,7 +18,8 @@ Weights: ``weights[k]`` when given, else the reward set's weight of term k (pass
 of weight 0 (a monitoring term) contributes nothing. The base estimator (``base``, default GRPO's
 :class:`~vrl.methods.advantage.GroupZScore`) is any option of the ``advantage`` group.
 
-The loop calls ``advantage(rewards, group_ids, response_mask, components=..., weights=...)``. Without
+The loop calls ``advantage(rewards, group_ids, response_mask, **advantage_inputs(advantage, rollout, reward))``:
+:func:`advantage_inputs` adds ``components=`` and ``weights=`` for estimators that declare ``uses_components``. Without
 ``components`` (a loop that does not pass them) each estimator warns once and applies its base estimator to the
 total reward. NaN component values (a term not measured on some rows, e.g. another rollout branch) count as 0.
 
@@ -107,6 +108,15 @@ def log_tame(components: Mapping[str, torch.Tensor], threshold: float | str = "m
     return out
 
 
+def advantage_inputs(advantage: Any, rollout: Any, reward: Any) -> dict[str, Any]:
+    """The keyword arguments the loop adds to ``advantage(rewards, group_ids, response_mask, ...)``: the rollout's
+    reward components and the reward set's weights for an estimator with ``uses_components``, else none (the
+    single-reward estimators take neither)."""
+    if not getattr(advantage, "uses_components", False):
+        return {}
+    return {"components": rollout.reward_components, "weights": getattr(reward, "weights", None)}
+
+
 def _resolve(
     rewards: torch.Tensor,
     components: Mapping[str, torch.Tensor],
@@ -128,6 +138,8 @@ class WeightedSum:
         weights: component -> weight, overriding the reward set's weights (None: the reward set's).
         base: the estimator applied to R (None: GRPO's group z-score, eps 1e-6).
     """
+
+    uses_components = True  # the loop passes components= and weights= (advantage_inputs)
 
     def __init__(self, weights: Mapping[str, float] | None = None, base: Advantage | None = None) -> None:
         self.weights = dict(weights) if weights else None
@@ -156,6 +168,8 @@ class LogTame:
         weights: component -> weight, overriding the reward set's weights (None: the reward set's).
         base: the estimator applied to the aggregate (None: GRPO's group z-score).
     """
+
+    uses_components = True  # the loop passes components= and weights= (advantage_inputs)
 
     def __init__(
         self,
@@ -199,6 +213,8 @@ class ComponentNorm:
             every group adds 0.
     """
 
+    uses_components = True  # the loop passes components= and weights= (advantage_inputs)
+
     def __init__(self, weights: Mapping[str, float] | None = None, base: Advantage | None = None) -> None:
         self.weights = dict(weights) if weights else None
         self.base = base if base is not None else GroupZScore()
@@ -227,8 +243,8 @@ def _without_components(owner: Any, rewards, group_ids, response_mask) -> torch.
         _WARNED.add(name)
         logger.warning(
             "advantage %s: the loop passed no reward components, so it falls back to its base estimator on the "
-            "total reward. The loop must call advantage(..., components=rollout.reward_components, "
-            "weights=reward.weights).",
+            "total reward. The loop must add vrl.methods.multi_reward.advantage_inputs(advantage, rollout, reward) "
+            "to its advantage call.",
             name,
         )
     return owner.base(rewards, group_ids, response_mask)

@@ -77,6 +77,25 @@ def source_metrics(sums: Mapping[str, list[float]], names: Sequence[str]) -> dic
     return out
 
 
+def source_means(
+    samples: Sequence[Mapping[str, Any]],
+    total: torch.Tensor,
+    components: Mapping[str, torch.Tensor],
+    keys: Sequence[str],
+    prefix: str = "val/",
+) -> dict[str, tuple[float, int]]:
+    """Per-source means of one batch with their row counts, ``{prefix + metric: (mean, count)}``: what validation
+    logs (``self.log(name, mean, batch_size=count, on_epoch=True)`` averages them over the epoch by count)."""
+    names = list(components)
+    out: dict[str, tuple[float, int]] = {}
+    for source, acc in source_sums(samples, total, components, keys).items():
+        count = int(acc[0])
+        out[f"{prefix}{source}/reward"] = (acc[1] / count, count)
+        for k, name in enumerate(names):
+            out[f"{prefix}{source}/{name}"] = (acc[2 + k] / count, count)
+    return out
+
+
 class RoutedReward:
     """Score each row with the sub-term its row field names (V-Triune's per-sample verifier).
 
