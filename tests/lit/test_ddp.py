@@ -350,3 +350,23 @@ def test_a_switch_rule_that_fired_on_another_rank_switches_this_one_too():
     other_rank = torch.tensor(1.0)  # e.g. an `exhausted` rule: the other rank drew more prompts (refills)
     scheduler.on_step_start(ctx)
     assert scheduler.index == 1
+
+
+@pytest.mark.slow
+def test_a_step_where_one_rank_has_nothing_is_skipped_by_every_rank(compose, tmp_path, tiny_overrides):
+    # DAPO without refills; positions 1 and 3 (rank 1's whole first draw) are dead, so at the first RL step rank 1
+    # has no group while rank 0 has two. Rank 0 used to train alone and wait forever in DDP's all-reduce; now every
+    # rank skips that step (an empty step) and the run goes on with the next prompts.
+    one, two = tmp_path / "one", tmp_path / "two"
+    extra = ["+method=dapo", "hooks.dynamic_sampling.max_tries=1", "trainer.max_steps=1"]
+    extra.append("trainer.val_check_interval=1")
+    reference = [[*_base(tiny_overrides, one), *extra, f"data_loader.batch_size={WORLD * B}"]]
+    ddp = [[*_base(tiny_overrides, two), *extra, f"data_loader.batch_size={B}"]]
+    out = _launch(compose, reference, ddp, _dead_uids(compose, reference[0], (1, 3)))
+    assert sorted(out) == [0, 1, 2], "a process did not finish"
+    assert len(out[0]["uids"]) == 4  # one process: its first draw had 2 live groups, it trained on them
+    assert len(out[1]["uids"]) == len(out[2]["uids"]) == 4  # each rank: two draws (the skipped step, the next)
+    rows = [row for version in sorted((two / "csv").glob("version_*")) for row in csv.DictReader(
+        (version / "metrics.csv").open())]  # fmt: skip
+    assert any(row.get("train/empty_steps") == "1.0" for row in rows)
+    assert any(row.get("train/loss") for row in rows)  # then a real optimizer step
