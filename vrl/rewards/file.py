@@ -41,8 +41,8 @@ def allowed_paths() -> list[Path]:
     return [Path(e).expanduser().resolve() for e in entries if os.sep in e or e.endswith(".py")]
 
 
-def resolve_reward_file(path: str) -> Path:
-    """The absolute path of an opted-in, existing reward file.
+def resolve_reward_file(path: str, check_allowed: bool = True) -> Path:
+    """The absolute path of an existing reward file, opted in unless ``check_allowed`` is False.
 
     Raises:
         ConfigError: the file does not exist, is not a ``.py`` file, or is not opted in.
@@ -54,7 +54,7 @@ def resolve_reward_file(path: str) -> Path:
         )
     if file.suffix != ".py":
         raise ConfigError(f"reward file {file} is not a .py file")
-    if not any(file == p or p in file.parents for p in allowed_paths()):
+    if check_allowed and not any(file == p or p in file.parents for p in allowed_paths()):
         raise ConfigError(
             f"reward file {file} is not opted in: a config may only run code you allowed; "
             f"export {ALLOW_ENV}={file} (or its folder; comma-separated with other entries)"
@@ -62,14 +62,14 @@ def resolve_reward_file(path: str) -> Path:
     return file
 
 
-def load_reward_function(path: str, function: str) -> Callable[..., Any]:
+def load_reward_function(path: str, function: str, check_allowed: bool = True) -> Callable[..., Any]:
     """Import ``path`` (opted in, see :func:`resolve_reward_file`) and return its ``function``.
 
     Raises:
         ConfigError: the file is missing or not opted in, fails to import (the exception named), or has no
             callable ``function`` (the callables it has listed).
     """
-    file = resolve_reward_file(path)
+    file = resolve_reward_file(path, check_allowed)
     module = _import_file(file)
     fn = getattr(module, function, None)
     if not callable(fn):
@@ -161,8 +161,8 @@ class FileReward:
         return [_score(self._run(fn, r, s), self) for r, s in zip(responses, samples)]
 
     def _function(self) -> Callable[..., Any]:
-        if self._fn is None:
-            self._fn = load_reward_function(self.path, self.function)
+        if self._fn is None:  # a copy in a worker process: the file was opted in where this term was built
+            self._fn = load_reward_function(self.path, self.function, check_allowed=False)
         return self._fn
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
