@@ -38,13 +38,16 @@ def test_two_steps_move_every_trainable_parameter(compose, tiny_overrides):
 def test_kl_term_loads_a_frozen_reference_that_does_not_move(compose, tiny_overrides):
     cfg, module, trainer = _fit(compose, tiny_overrides + ["+method=grpo", "trainer.max_steps=1", LENGTH_REWARD])
     trainer.fit(module)
-    ref = module._ref[0]
+    ref = module.reference  # a registered submodule: Lightning placed it with the policy
     assert all(not p.requires_grad for p in ref.parameters())
+    assert {p.device for p in ref.parameters()} == {module.device}
     policy_state = dict(module.policy.named_parameters())
     moved = [n for n, p in ref.named_parameters() if not torch.equal(p, policy_state[n])]
     assert moved, "the policy should have moved away from the reference"
     assert "policy/kl_ref" in trainer.callback_metrics
-    assert not any(k.startswith("_ref") for k in module.state_dict())
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)  # what a checkpoint holds: trainable weights only, no reference
+    assert checkpoint["state_dict"] and not any(k.startswith("reference.") for k in checkpoint["state_dict"])
 
 
 def test_same_seed_same_numbers(compose, tiny_overrides):

@@ -34,6 +34,7 @@ COMPARED = (
     "rollout/kept_group_frac",
     "rollout/response_len_mean",
     "policy/clipfrac",
+    "policy/kl_ref",
 )
 
 
@@ -72,7 +73,7 @@ class CoinReward:
     def __init__(self, dead):
         self.dead = set(dead)
 
-    def __call__(self, responses, samples):
+    def __call__(self, responses, samples, context=None):
         values, previous, position = [], None, 0
         for response, sample in zip(responses, samples):
             uid = str(sample.get("uid"))
@@ -285,6 +286,7 @@ def test_ddp_unequal_ranks_and_a_resume_equal_one_uninterrupted_process(compose,
     # match rank 0's all-reduces). The DDP run stops after step 1 and a new run resumes it from last.ckpt.
     extra = ["+method=dapo", "hooks.dynamic_sampling.max_tries=1", "update.micro_batch_size=2"]
     extra += ["loss_agg=seq_mean_token_sum_norm", "trainer.val_check_interval=1"]
+    extra += ["kl=k3", "kl.coef=0.5"]  # KL to each rank's frozen reference (a registered submodule; rebuilt on resume)
     _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(1,), resume_at=1)
 
 

@@ -43,8 +43,11 @@ from vrl.lit.metrics import (
 )
 from vrl.lit.optimize import minibatches, ppo_update, sft_update
 from vrl.methods.advantage import Advantage
+from vrl.methods.multi_reward import advantage_inputs
 from vrl.models.scoring import score_logprobs
 from vrl.rewards.combine import RewardSet
+from vrl.rewards.context import RewardContext
+from vrl.rewards.routing import source_means
 from vrl.sampler.hf import HFSampler, suppressed_token_ids
 from vrl.types import Rollout, cat_rollouts
 
@@ -118,7 +121,9 @@ class RLModule(L.LightningModule):
         self.settings: RunSettings | None = None  # the run's own settings, which stages override per step
         self._restored_metrics: dict[str, float] = {}
         self._step_metrics: dict[str, float] = {}
-        self._ref: list[torch.nn.Module] = []  # a list so Lightning neither saves nor moves it implicitly
+        # the frozen KL reference (built in setup): a registered submodule, so Lightning puts it on the device and
+        # DDP/FSDP see it like the policy; checkpoints leave it out (on_save_checkpoint keeps trainable weights)
+        self.reference: torch.nn.Module | None = None
         self.rollout_logger: Callable[[Rollout, int], None] | None = None
 
     # ----------------------------------------------------------------- setup
@@ -141,15 +146,13 @@ class RLModule(L.LightningModule):
             self.settings = RunSettings(self.sampler, self.batch_size, self.reward, self.prompts)
         self.objective.suppress_ids = suppressed_token_ids(self.vlm.processor.tokenizer)
         needs_ref = self.objective.kl is not None and self.objective.kl.coef > 0
-        if needs_ref and not self._ref and not getattr(self.vlm, "is_lora", False):
-            ref = copy.deepcopy(self.policy).eval()
-            ref.requires_grad_(False)
-            self._ref.append(ref)
+        if needs_ref and self.reference is None and not getattr(self.vlm, "is_lora", False):
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)  # LoRA: the adapter-off policy
 
     def on_fit_start(self) -> None:
         self.policy.train()
-        for ref in self._ref:
-            ref.to(self.device)
+        if self.reference is not None:
+            self.reference.eval()
 
     def train_dataloader(self):
         max_steps = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
@@ -194,7 +197,8 @@ class RLModule(L.LightningModule):
         self.guard.empty_steps = 0
         self.score_passes(rollout, ctx)
         groups, mask = rollout.advantage_groups(), rollout.response_mask
-        rollout.advantages = self.advantage(rollout.rewards, groups, mask).to(self.device)
+        extra = advantage_inputs(self.advantage, rollout, self.reward)  # reward components, for multi-reward options
+        rollout.advantages = self.advantage(rollout.rewards, groups, mask, **extra).to(self.device)
         if (factor := self.hooks.advantage_factor(rollout, ctx)) is not None:  # H8
             rollout.advantages = rollout.advantages * factor.to(rollout.advantages)
         rollout.loss_mask, rollout.norm_mask = self.hooks.token_weights(rollout, ctx)  # H9
@@ -232,6 +236,7 @@ class RLModule(L.LightningModule):
         gate). None when every draw was gated out before generation."""
         kept: list[Rollout] = []
         groups, tries, drawn = 0, 0, 0
+        context = RewardContext(ctx.step, self._trainer.max_steps if self._trainer is not None else None)
         while groups < self.batch_size and tries < self.hooks.max_tries:
             batch = self.prompts.next_batch()
             drawn, tries = drawn + len(batch), tries + 1
@@ -239,7 +244,8 @@ class RLModule(L.LightningModule):
             if not samples:  # a pre-rollout gate dropped every prompt of this draw
                 continue
             rollout = self.sampler.generate(self.vlm, samples)
-            rollout.rewards, rollout.reward_components = self.reward(rollout.responses, rollout.samples)
+            scored = self.reward(rollout.responses, rollout.samples, context=context)
+            rollout.rewards, rollout.reward_components = scored
             rollout.rewards = rollout.rewards.to(self.device)
             rollout = self.hooks.on_rollout(rollout, ctx)  # H5
             if (keep := self.hooks.filter_groups(rollout, ctx)) is not None:  # H6
@@ -268,7 +274,11 @@ class RLModule(L.LightningModule):
         # else: strictly on-policy; the loss uses the current log-probs detached (ratio exactly 1), unless a
         # hook's pass below scored the clean rollout anyway and hands them over.
         if self.objective.kl is not None and self.objective.kl.coef > 0:
-            ref, ctx_mgr = (self._ref[0], nullcontext()) if self._ref else (self.policy, self.policy.disable_adapter())
+            ref, ctx_mgr = (
+                (self.reference.eval(), nullcontext())
+                if self.reference is not None
+                else (self.policy, self.policy.disable_adapter())
+            )
             with ctx_mgr:
                 rollout.ref_logprobs = score_logprobs(ref, rollout, temp, mb, impl, sup)
         for result in self.hooks.extra_pass(rollout, ctx):
@@ -279,12 +289,16 @@ class RLModule(L.LightningModule):
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         rollout = self.sampler.generate(self.vlm, batch, greedy=True)
-        rewards, components = self.reward(rollout.responses, rollout.samples)
+        context = RewardContext(self.global_step, self.trainer.max_steps, training=False)
+        rewards, components = self.reward(rollout.responses, rollout.samples, context=context)
         n = len(batch)  # under DDP each rank validates its shard; sync_dist averages them (no-op on one process)
         self.log("val/reward", rewards.mean(), on_epoch=True, batch_size=n, sync_dist=True)
         if "accuracy" in components:
             acc = components["accuracy"].mean()
             self.log("val/accuracy", acc, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        keys = getattr(self.reward, "source_keys", ())
+        for name, (mean, count) in source_means(rollout.samples, rewards, components, keys).items():
+            self.log(name, mean, on_epoch=True, batch_size=count)  # no sync_dist: ranks may see different sources
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
