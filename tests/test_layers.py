@@ -6,8 +6,8 @@ Layers, lowest first (a module belongs to the longest prefix that names it):
   (``vrl.rewards.extract`` imports nothing from vrl: data derives checklists with it, rewards score with it);
 - data: rows, scenes, annotations, tag parsing and the prompt template (``vrl.sampler.prompts``);
   models: the VLM bundle and teacher-forced scoring;
-- sampler: the samplers (``vrl.sampler``); rewards: reward terms and judges; data checks: preflight of rows against the reward
-  parsers and prompt templates (above both);
+- sampler: the samplers (``vrl.sampler``); rewards: reward terms and judges; data checks: preflight of rows against
+  the reward parsers and prompt templates (above both);
 - methods: method math and hooks; lit: the Lightning loop; app: config, build, train, command line.
 
 A method module importing the loop (``methods -> lit``) or a reward importing a method is what made a new
