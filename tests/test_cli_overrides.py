@@ -3,13 +3,15 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from vrl.cli import check_group_overrides, group_options
 from vrl.errors import ConfigError
 
-METHODS = "curr_reft, dapo, dr_grpo, entropy_focus, grpo, gspo, pearl, perception_r1, rewardmap, vppo"
+# every preset in conf/method (sessions add methods; the message lists them all)
+METHODS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "method").glob("*.yaml")))
 
 
 @pytest.mark.parametrize(

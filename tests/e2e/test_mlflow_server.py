@@ -77,7 +77,7 @@ def test_training_logs_params_metrics_tables_and_tags(mlflow_server, compose, ti
     exp = client.get_experiment_by_name("vrl-test")
     (r,) = client.search_runs([exp.experiment_id])
     assert r.info.run_name == "server-test"
-    assert r.data.params["rollout/group_size"] == "4"  # flattened resolved config
+    assert r.data.params["sampler/group_size"] == "4"  # flattened resolved config
     assert r.data.params["advantage/_target_"] == "vrl.methods.advantage.GroupZScore"
     history = client.get_metric_history(r.info.run_id, "rollout/reward_mean")
     assert len(history) == 2  # two training steps
