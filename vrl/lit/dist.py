@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from vrl.errors import ConfigError
+
 
 def world_size(module: Any) -> int:
     """Data-parallel ranks of the module's trainer (1 without one)."""
@@ -42,3 +44,14 @@ def zero_loss(model: torch.nn.Module) -> torch.Tensor:
     micro-batch that only other ranks have, so that every rank calls backward (and DDP's all-reduce) as often."""
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.stack([p.sum() for p in params]).sum() * 0.0
+
+
+def refuse_sharded_sampling(module: Any) -> None:
+    """FSDP on more than one device stops at start: every sharded forward is a collective, so ranks would have to
+    sample, refill and score in lock-step, which the loop does not do yet (DDP needs agreement only around
+    backward passes). One process or GPU runs unsharded."""
+    if world_size(module) > 1 and "FSDP" in type(module.trainer.strategy).__name__:
+        raise ConfigError(
+            "trainer=fsdp on more than one device is not supported yet: ranks would refill and score a different "
+            "number of times and hang; use trainer=ddp (with lora=r64 for large models) or one device"
+        )

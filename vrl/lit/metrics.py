@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vrl.lit.dist import gather_objects
 from vrl.types import Rollout
 
 
@@ -123,3 +124,14 @@ def perf_metrics(rollout: Rollout, elapsed: float, rollout_time: float) -> dict[
         "perf/rollout_time_s": rollout_time,
         "perf/tokens_per_s": float(rollout.attention_mask.sum()) / elapsed,
     }
+
+
+def global_metrics(module: Any, scalars: dict, columns: dict | None = None, totals: dict | None = None) -> dict:
+    """A step's metrics over the global batch: under DDP every rank's rollout columns, scalars and update sums are
+    gathered (one collective) and merged, so every rank logs (and a curriculum reads) the same values, equal to one
+    process's over the same prompts. ``_totals`` holds the merged update sums."""
+    parts = gather_objects(module, (scalars, columns, totals or {}))
+    out = merge_scalars([p[0] for p in parts])
+    if columns is not None:
+        out |= rollout_metrics(merge_columns([p[1] for p in parts]))
+    return out | {"_totals": merge_totals([p[2] for p in parts])} if totals is not None else out

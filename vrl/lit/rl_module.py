@@ -25,22 +25,13 @@ import lightning as L
 import torch
 
 from vrl.data.source import PromptSource, StepTicks
-from vrl.errors import ConfigError
 from vrl.hooks import HookSet, StepContext
 from vrl.lit.checkpoint import loop_state, restore_loop_state
 from vrl.lit.context import RunSettings, step_context
-from vrl.lit.dist import gather_objects, reduce_value, world_size
+from vrl.lit.dist import gather_objects, reduce_value, refuse_sharded_sampling, world_size
 from vrl.lit.guard import StepGuard
 from vrl.lit.loss import Objective
-from vrl.lit.metrics import (
-    merge_columns,
-    merge_scalars,
-    merge_totals,
-    perf_metrics,
-    rollout_columns,
-    rollout_metrics,
-    update_metrics,
-)
+from vrl.lit.metrics import global_metrics, perf_metrics, rollout_columns, update_metrics
 from vrl.lit.optimize import minibatches, ppo_update, sft_update
 from vrl.methods.advantage import Advantage
 from vrl.methods.multi_reward import advantage_inputs
@@ -128,13 +119,7 @@ class RLModule(L.LightningModule):
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        if world_size(self) > 1 and "FSDP" in type(self.trainer.strategy).__name__:
-            # every sharded forward is a collective: ranks must sample, refill and score in lock-step, which the
-            # loop does not do yet (DDP needs it only for backward passes). One process/GPU runs unsharded.
-            raise ConfigError(
-                "trainer=fsdp on more than one device is not supported yet: ranks would refill and score a different "
-                "number of times and hang; use trainer=ddp (with lora=r64 for large models) or one device"
-            )
+        refuse_sharded_sampling(self)  # FSDP over several devices: not yet (vrl/lit/dist.py)
         if self.settings is None:
             self.prompts = PromptSource(
                 self.train_data,
@@ -184,13 +169,13 @@ class RLModule(L.LightningModule):
             return
         ctx = self.context()  # with this step's stage settings
         if (pairs := self.hooks.replace_step(ctx)) is not None:  # H11: e.g. an SFT stage's step
-            self.log_dict(self._global_metrics(self._step_metrics | sft_update(self, pairs)), on_step=True)
+            self.log_dict(global_metrics(self, self._step_metrics | sft_update(self, pairs)), on_step=True)
             return
         rollout = self.make_rollout(ctx)
         t_rollout = time.perf_counter() - t0
         # every prompt gated or every group filtered out (under DDP: on any rank, so that all ranks skip together)
         if reduce_value(self, 0 if rollout is None else rollout.num_sequences, "min") == 0:
-            self.log_dict(self._global_metrics({**self._sampling_stats, **self._step_metrics}), on_step=True)
+            self.log_dict(global_metrics(self, {**self._sampling_stats, **self._step_metrics}), on_step=True)
             self.log("train/empty_steps", 1.0, on_step=True)
             self.guard.empty(self, self._sampling_stats["rollout/generate_calls"])
             return
@@ -205,7 +190,7 @@ class RLModule(L.LightningModule):
         totals, losses, grad_norms = ppo_update(self, rollout, ctx)
         scalars = {**self._sampling_stats, **self._step_metrics, **self.reward.pop_stats()}
         scalars |= perf_metrics(rollout, time.perf_counter() - t0, t_rollout)
-        metrics = self._global_metrics(scalars, rollout_columns(rollout.main(), self.sampler.max_new_tokens), totals)
+        metrics = global_metrics(self, scalars, rollout_columns(rollout.main(), self.sampler.max_new_tokens), totals)
         metrics |= update_metrics(metrics.pop("_totals"), losses, grad_norms)
         metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.num_sequences)
@@ -215,16 +200,6 @@ class RLModule(L.LightningModule):
         logs_table = self.log_rollouts_every and ctx.step % self.log_rollouts_every == 0
         if self.rollout_logger and logs_table and self.global_rank == 0:
             self.rollout_logger(rollout, ctx.step)
-
-    def _global_metrics(self, scalars: dict, columns: dict | None = None, totals: dict | None = None) -> dict:
-        """This step's metrics over the global batch: under DDP every rank's rollout columns, scalars and update
-        sums are gathered (one collective) and merged, so every rank logs (and a curriculum reads) the same
-        values, equal to one process's over the same prompts. ``_totals`` holds the merged update sums."""
-        parts = gather_objects(self, (scalars, columns, totals or {}))
-        out = merge_scalars([p[0] for p in parts])
-        if columns is not None:
-            out |= rollout_metrics(merge_columns([p[1] for p in parts]))
-        return out | {"_totals": merge_totals([p[2] for p in parts])} if totals is not None else out
 
     def context(self) -> StepContext:
         """What hooks may read this step (``vrl.hooks.StepContext``)."""
