@@ -78,3 +78,18 @@ def test_released_scope_takes_min_max_per_mini_batch_and_mean_per_micro_batch():
 def test_invalid_knobs_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=f"hooks.vppo.{key}"):
         VPPO(perturbation=None, **kwargs)
+
+
+def test_the_method_formula_and_the_kernels_reference_agree():
+    """TAS lives in the method (tas_alpha); vrl_kernels keeps its own reference to test the fused kernel against.
+    The two must stay one formula: random scores, some rows empty, with and without given extrema."""
+    from vrl.methods.vppo import tas_alpha
+    from vrl_kernels import vppo_alpha_reference
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        score = torch.rand(9, generator=g)
+        has = torch.rand(9, generator=g) > 0.2
+        torch.testing.assert_close(tas_alpha(score, has, 0.9), vppo_alpha_reference(score, has, 0.9))
+        lo, hi = torch.tensor(0.1), torch.tensor(0.8)
+        torch.testing.assert_close(tas_alpha(score, has, 0.8, lo, hi), vppo_alpha_reference(score, has, 0.8, lo, hi))
