@@ -10,6 +10,10 @@ and gradients are not zero), 0 for chosen prompts so that DAPO's filter drops th
 Compared after the last step: the saved policy's weights, and per step the logged loss, rewards, gradient norm
 and kept-group fraction (read back from ``logger=csv``). Ranks start as ``torchrun``/SLURM starts them (env
 vars; Lightning then launches nothing); forked, not spawned, as in tests/methods/test_loss_agg_ddp.py.
+
+The four multi-process cases run in one fresh pytest process (``ddp_child``): forking the main test process after
+hundreds of other tests (their threads, servers, sockets) hung a forked rank in CI every time (4 x 240 s timeouts
+in the full suite, none when this file ran alone), and a process that has run nothing else forks safely.
 """
 
 from __future__ import annotations
@@ -18,12 +22,55 @@ import csv
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+
+#: the tests that fork ranks: run together in one fresh interpreter (see the module docstring)
+FORKING = (
+    "test_ddp_token_mean_with_dapo_refills_equals_one_process",
+    "test_ddp_seq_mean_with_pearl_probe_branch_equals_one_process",
+    "test_ddp_unequal_ranks_and_a_resume_equal_one_uninterrupted_process",
+    "test_a_step_where_one_rank_has_nothing_is_skipped_by_every_rank",
+)
+INSIDE_CHILD = os.environ.get("VRL_DDP_CHILD") == "1"
+
+
+@pytest.fixture(scope="module")
+def ddp_child(request, tmp_path_factory):
+    """Outcome and failure text of each forking test, run once in a fresh ``python -m pytest`` (None inside it)."""
+    if INSIDE_CHILD:
+        return None
+    report = tmp_path_factory.mktemp("ddp_child") / "junit.xml"
+    nodes = [f"{Path(__file__).resolve()}::{name}" for name in FORKING]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *nodes]
+    env = {**os.environ, "VRL_DDP_CHILD": "1"}
+    out = subprocess.run(cmd, env=env, cwd=request.config.rootpath, capture_output=True, text=True, timeout=1200)
+    if not report.exists():
+        pytest.fail(
+            f"the DDP child pytest wrote no report (rc {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}"
+        )
+    outcomes = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        failed = case.find("failure") if case.find("failure") is not None else case.find("error")
+        outcomes[case.get("name")] = None if failed is None else (failed.text or failed.get("message") or "failed")
+    return outcomes
+
+
+def _in_child(ddp_child, name: str) -> bool:
+    """True when this test ran in the child (its outcome is asserted here); False: run the body (in the child)."""
+    if ddp_child is None:
+        return False
+    assert name in ddp_child, f"{name} did not run in the DDP child process"
+    assert ddp_child[name] is None, ddp_child[name][-4000:]
+    return True
+
 
 WORLD, B = 2, 2
 COMPARED = (
@@ -263,7 +310,9 @@ def _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(), steps=
 
 
 @pytest.mark.slow
-def test_ddp_token_mean_with_dapo_refills_equals_one_process(compose, tmp_path, tiny_overrides):
+def test_ddp_token_mean_with_dapo_refills_equals_one_process(compose, tmp_path, tiny_overrides, ddp_child):
+    if _in_child(ddp_child, "test_ddp_token_mean_with_dapo_refills_equals_one_process"):
+        return
     # positions 0, 1 (step 0) and 8, 11 (step 1) are dead: one per rank in each step's first draw, so each
     # rank refills once and keeps the same groups as the single process's refill (see the module docstring)
     ref, _ = _compare(compose, tmp_path, tiny_overrides, ["+method=dapo"], dead_positions=(0, 1, 8, 11))
@@ -271,7 +320,9 @@ def test_ddp_token_mean_with_dapo_refills_equals_one_process(compose, tmp_path, 
 
 
 @pytest.mark.slow
-def test_ddp_seq_mean_with_pearl_probe_branch_equals_one_process(compose, tmp_path, tiny_overrides):
+def test_ddp_seq_mean_with_pearl_probe_branch_equals_one_process(compose, tmp_path, tiny_overrides, ddp_child):
+    if _in_child(ddp_child, "test_ddp_seq_mean_with_pearl_probe_branch_equals_one_process"):
+        return
     # PEARL attaches its probes as a second branch with its own loss denominator (a [branches] normaliser
     # reduced over ranks); the gate is off so that a random policy's probes do not gate every prompt. Logged to
     # MLflow: one run (rank 1 builds no logger; two processes creating one SQLite store collided)
@@ -280,7 +331,9 @@ def test_ddp_seq_mean_with_pearl_probe_branch_equals_one_process(compose, tmp_pa
 
 
 @pytest.mark.slow
-def test_ddp_unequal_ranks_and_a_resume_equal_one_uninterrupted_process(compose, tmp_path, tiny_overrides):
+def test_ddp_unequal_ranks_and_a_resume_equal_one_uninterrupted_process(compose, tmp_path, tiny_overrides, ddp_child):
+    if _in_child(ddp_child, "test_ddp_unequal_ranks_and_a_resume_equal_one_uninterrupted_process"):
+        return
     # Dr. GRPO's aggregation; step 0 drops position 1 (rank 1's first prompt) without a refill, so rank 0 holds
     # 8 sequences (4 micro-batches of 2) and rank 1 holds 4 (2 micro-batches, then 2 zero-gradient backwards to
     # match rank 0's all-reduces). The DDP run stops after step 1 and a new run resumes it from last.ckpt.
@@ -355,7 +408,9 @@ def test_a_switch_rule_that_fired_on_another_rank_switches_this_one_too():
 
 
 @pytest.mark.slow
-def test_a_step_where_one_rank_has_nothing_is_skipped_by_every_rank(compose, tmp_path, tiny_overrides):
+def test_a_step_where_one_rank_has_nothing_is_skipped_by_every_rank(compose, tmp_path, tiny_overrides, ddp_child):
+    if _in_child(ddp_child, "test_a_step_where_one_rank_has_nothing_is_skipped_by_every_rank"):
+        return
     # DAPO without refills; positions 1 and 3 (rank 1's whole first draw) are dead, so at the first RL step rank 1
     # has no group while rank 0 has two. Rank 0 used to train alone and wait forever in DDP's all-reduce; now every
     # rank skips that step (an empty step) and the run goes on with the next prompts.
