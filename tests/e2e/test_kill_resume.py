@@ -119,9 +119,12 @@ def test_sigterm_checkpoints_exits_nonzero_and_resume_finishes(tmp_path):
     while time.monotonic() < deadline and proc.poll() is None:  # wait until a training step was logged
         time.sleep(1)
         if db.exists():
-            with sqlite3.connect(db) as con:
-                if con.execute("SELECT COUNT(*) FROM metrics WHERE key='rollout/reward_mean'").fetchone()[0]:
-                    break
+            try:
+                with sqlite3.connect(db) as con:
+                    if con.execute("SELECT COUNT(*) FROM metrics WHERE key='rollout/reward_mean'").fetchone()[0]:
+                        break
+            except sqlite3.OperationalError:  # the store exists but MLflow has not created its tables yet
+                continue
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]

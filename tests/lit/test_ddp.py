@@ -11,9 +11,9 @@ Compared after the last step: the saved policy's weights, and per step the logge
 and kept-group fraction (read back from ``logger=csv``). Ranks start as ``torchrun``/SLURM starts them (env
 vars; Lightning then launches nothing); forked, not spawned, as in tests/methods/test_loss_agg_ddp.py.
 
-The four multi-process cases run in one fresh pytest process (``ddp_child``): forking the main test process after
-hundreds of other tests (their threads, servers, sockets) hung a forked rank in CI every time (4 x 240 s timeouts
-in the full suite, none when this file ran alone), and a process that has run nothing else forks safely.
+The four multi-process cases run in one fresh pytest process (``ddp_child``) with one thread per process: in the
+clean-clone CI run (no OMP_NUM_THREADS) every case hit the 240 s launch timeout, 3 processes x 2 threads on
+2 cores; a process that has run nothing else also forks without inheriting the suite's threads and servers.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def ddp_child(request, tmp_path_factory):
     report = tmp_path_factory.mktemp("ddp_child") / "junit.xml"
     nodes = [f"{Path(__file__).resolve()}::{name}" for name in FORKING]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *nodes]
-    env = {**os.environ, "VRL_DDP_CHILD": "1"}
+    # one thread per process: 3 processes x 2 threads on CI's 2 cores ran ~10x slower (threads.intra_op=auto
+    # follows OMP_NUM_THREADS; oversubscribed, the first CI run hit the 240 s launch timeout on every case)
+    env = {**os.environ, "VRL_DDP_CHILD": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, env=env, cwd=request.config.rootpath, capture_output=True, text=True, timeout=1200)
     if not report.exists():
         pytest.fail(
