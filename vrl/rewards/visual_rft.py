@@ -2,7 +2,8 @@
 
 Worked out from the released code (github.com/Liuziyu77/Visual-RFT @9486633, ``src/virft/src/open_r1/grpo.py``,
 ``grpo_classification.py``, ``grpo_lisa.py``; spec: shared/methods/others.md §1). What each term computes, in the
-order the released code does it:
+order the released code does it (steps 1-3 are parsed in :mod:`vrl.rewards.box_parse`, step 4 matched in
+:mod:`vrl.rewards.box_match`, the rest scored here):
 
 **Detection** (:class:`DetectionReward`, one instance per part: ``iou`` and ``confidence``)
 
@@ -52,155 +53,34 @@ Deliberate differences from the released code (each one only changes what a malf
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Sequence
-from typing import Any
 
-import torch
-
+from .box_match import iou_matrix, match_greedy, match_hungarian
+from .box_parse import NO_OBJECTS, Prediction, answer_span, parse_detections, parse_gold_boxes, repaired_answer
 from .extract import parse_box
-from .iou import FRAMES, box_giou, box_iou, to_pixel_box
+from .iou import FRAMES, box_giou, to_pixel_box
+
+__all__ = [  # the parsing and matching helpers live in box_parse / box_match; re-exported for existing callers
+    "DetectionReward",
+    "GroundingGIoU",
+    "SubstringAccuracy",
+    "answer_span",
+    "confidence_reward",
+    "iou_matrix",
+    "iou_reward",
+    "match_greedy",
+    "match_hungarian",
+    "parse_detections",
+    "parse_gold_boxes",
+    "repaired_answer",
+]
 
 PARTS = ("iou", "confidence")
 MATCHINGS = ("greedy", "hungarian")
 GROUNDING_PARSERS = ("lisa", "any")
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>")
-_ANSWER_DOTALL = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _LISA_BOX = re.compile(r"\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*,\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)")
-_NO_OBJECTS = re.compile(r"^\s*(?:<answer>)?\s*no objects?\.?\s*(?:</answer>)?\s*$", re.IGNORECASE)
-
-Prediction = tuple[list[float], float]  # (box [x1, y1, x2, y2], confidence)
-
-
-def answer_span(text: str, multiline: bool = False) -> str:
-    """The released extraction: the first ``<answer>...</answer>`` (one line unless ``multiline``), else the text."""
-    match = (_ANSWER_DOTALL if multiline else _ANSWER).search(text)
-    return match.group(1).strip() if match else text.strip()
-
-
-def repaired_answer(response: str) -> str:
-    """The detection answer text after the released repairs (steps 1-2 of the module docstring)."""
-    text = f"<answer>{answer_span(response)}</answer>".replace("[[", "[").replace("]]", "]").replace("\n", "")
-    end = text.find("</answer>")  # the wrapper's, or an earlier one left in a multi-line answer
-    body = text[len("<answer>") : end]
-    if not body.endswith("]"):  # truncated: keep the complete entries
-        body = body.rsplit("},", 1)[0] + "}]"
-    return body.replace("'", '"')
-
-
-def parse_detections(response: str) -> list[Prediction] | None:
-    """The predictions of a detection response, duplicates removed; None when it holds no valid list.
-
-    Valid: after :func:`repaired_answer`, JSON for a non-empty list of objects, each with ``Position`` (four finite
-    numbers) and a numeric ``Confidence``.
-    """
-    try:
-        items = json.loads(repaired_answer(response))
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(items, list) or not items:
-        return None
-    out: list[Prediction] = []
-    seen: set[tuple[float, ...]] = set()
-    for item in items:
-        box = _box(item.get("Position")) if isinstance(item, dict) else None
-        conf = item.get("Confidence") if isinstance(item, dict) else None
-        if box is None or not _is_number(conf):
-            return None
-        if tuple(box) not in seen:  # exact duplicates: the first is kept
-            seen.add(tuple(box))
-            out.append((box, float(conf)))
-    return out
-
-
-def parse_gold_boxes(answer: Any) -> list[list[float]] | None:
-    """Ground-truth boxes of a detection row; ``[]`` for ``No Objects``; None when the answer holds no box list.
-
-    Accepts the Visual-RFT solution format (``<answer>[{'Position': [...], 'Confidence': 1}, ...]</answer>``, tags
-    optional), a JSON list of ``[x1, y1, x2, y2]`` lists, or such a list itself.
-    """
-    if isinstance(answer, str):
-        if _NO_OBJECTS.match(answer):
-            return []
-        try:
-            answer = json.loads(answer_span(answer).replace("'", '"'))
-        except json.JSONDecodeError:
-            return None
-    if not isinstance(answer, list | tuple):
-        return None
-    boxes = [_box(item.get("Position") if isinstance(item, dict) else item) for item in answer]
-    return None if any(b is None for b in boxes) else boxes  # type: ignore[return-value]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _box(value: Any) -> list[float] | None:
-    if isinstance(value, list | tuple) and len(value) == 4 and all(_is_number(v) for v in value):
-        return [float(v) for v in value]
-    return None
-
-
-def iou_matrix(pred_boxes: Sequence[Sequence[float]], gold_boxes: Sequence[Sequence[float]]) -> torch.Tensor:
-    """[P, G] IoU in float64; a prediction with swapped corners (x1 > x2 or y1 > y2) overlaps nothing (released)."""
-    if not pred_boxes or not gold_boxes:
-        return torch.zeros(len(pred_boxes), len(gold_boxes), dtype=torch.float64)
-    pred = torch.tensor(pred_boxes, dtype=torch.float64)
-    gold = torch.tensor(gold_boxes, dtype=torch.float64)
-    iou = box_iou(pred[:, None, :], gold[None, :, :])
-    swapped = (pred[:, 2] < pred[:, 0]) | (pred[:, 3] < pred[:, 1])
-    return torch.where(swapped[:, None], torch.zeros_like(iou), iou)
-
-
-def match_greedy(iou: torch.Tensor, confidences: Sequence[float], threshold: float = 0.5) -> list[float]:
-    """Released matching: per prediction, in descending confidence (stable), the best unmatched ground truth.
-
-    Args:
-        iou: [P, G] IoU of each prediction with each ground-truth box.
-        confidences: [P] the predictions' confidences.
-        threshold: a pair counts when its IoU is strictly above this.
-
-    Returns:
-        [P] the matched IoU of each prediction in its original order (0 when unmatched).
-    """
-    order = sorted(range(len(confidences)), key=lambda k: confidences[k], reverse=True)
-    used: set[int] = set()
-    out = [0.0] * len(confidences)
-    for k in order:
-        best, best_j = 0.0, -1
-        for j in range(iou.shape[1]):
-            if j not in used and float(iou[k, j]) > best:  # strict: the first of equal IoUs wins
-                best, best_j = float(iou[k, j]), j
-        if best > threshold:
-            out[k] = best
-            used.add(best_j)
-    return out
-
-
-def match_hungarian(iou: torch.Tensor, threshold: float = 0.5) -> list[float]:
-    """Optimal one-to-one matching: the assignment of largest total IoU over pairs above ``threshold``.
-
-    Pairs at or below the threshold are worth 0 to the solver and count as unmatched afterwards, so the result is
-    the best set of valid pairs (``scipy.optimize.linear_sum_assignment`` on -IoU).
-
-    Returns:
-        [P] the matched IoU of each prediction (0 when unmatched).
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    out = [0.0] * iou.shape[0]
-    if iou.numel() == 0:
-        return out
-    value = torch.where(iou > threshold, iou, torch.zeros_like(iou)).numpy()
-    rows, cols = linear_sum_assignment(-value)
-    for k, j in zip(rows.tolist(), cols.tolist()):
-        if value[k, j] > 0:
-            out[k] = float(value[k, j])
-    return out
 
 
 def iou_reward(matched: Sequence[float], num_gold: int) -> float:
@@ -295,7 +175,7 @@ class DetectionReward:
     def _no_objects(self, response: str) -> float:
         if not self.no_objects_credit:
             return 0.0
-        if _NO_OBJECTS.match(answer_span(response)):
+        if NO_OBJECTS.match(answer_span(response)):
             return 1.0
         preds = parse_detections(response)
         if preds is None or self.part == "iou":
