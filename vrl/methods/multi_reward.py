@@ -117,18 +117,55 @@ def advantage_inputs(advantage: Any, rollout: Any, reward: Any) -> dict[str, Any
     return {"components": rollout.reward_components, "weights": getattr(reward, "weights", None)}
 
 
-def _resolve(
-    rewards: torch.Tensor,
-    components: Mapping[str, torch.Tensor],
-    weights: Mapping[str, float] | None,
-    override: Mapping[str, float] | None,
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """The components as float64 on the rewards' device (NaN -> 0) and their weights."""
-    comps = {k: torch.nan_to_num(v.to(rewards.device, torch.float64), nan=0.0) for k, v in components.items()}
-    unknown = sorted(set(override or {}) - set(comps))
-    if unknown:
-        raise ValueError(f"advantage.weights names {unknown}, which are not reward terms ({sorted(comps)})")
-    return comps, component_weights(list(comps), override, weights)
+_WARNED: set[str] = set()  # the classes that warned about a loop passing no components
+
+
+class Aggregation:
+    """What the three estimators share (each holds one): the weights override, the base estimator, the resolution
+    of components and weights, and the fallback when the loop passes no components.
+
+    Args:
+        owner: the estimator's class name (named in the fallback warning, once per class).
+        weights: component -> weight, overriding the reward set's weights (None: the reward set's).
+        base: the estimator applied after aggregation (None: GRPO's group z-score, eps 1e-6).
+    """
+
+    def __init__(self, owner: str, weights: Mapping[str, float] | None = None, base: Advantage | None = None) -> None:
+        self.owner = owner
+        self.weights = dict(weights) if weights else None
+        self.base = base if base is not None else GroupZScore()
+
+    @property
+    def normalises_scale(self) -> bool:
+        return bool(getattr(self.base, "normalises_scale", False))
+
+    def resolve(
+        self, rewards: torch.Tensor, components: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The components as float64 on the rewards' device (NaN -> 0) and their weights."""
+        comps = {k: torch.nan_to_num(v.to(rewards.device, torch.float64), nan=0.0) for k, v in components.items()}
+        unknown = sorted(set(self.weights or {}) - set(comps))
+        if unknown:
+            raise ValueError(f"advantage.weights names {unknown}, which are not reward terms ({sorted(comps)})")
+        return comps, component_weights(list(comps), self.weights, weights)
+
+    def fallback(self, rewards: torch.Tensor, group_ids: torch.Tensor, response_mask=None) -> torch.Tensor:
+        """The base estimator on the total reward, with a warning once per class: the loop passed no components."""
+        if self.owner not in _WARNED:
+            _WARNED.add(self.owner)
+            logger.warning(
+                "advantage %s: the loop passed no reward components, so it falls back to its base estimator on the "
+                "total reward. The loop must add vrl.methods.multi_reward.advantage_inputs(advantage, rollout, "
+                "reward) to its advantage call.",
+                self.owner,
+            )
+        return self.base(rewards, group_ids, response_mask)
+
+
+def _normalises_scale(self) -> bool:
+    """Whether a per-group multiplicative reward weight cancels: the base estimator's answer (an estimator's
+    ``normalises_scale`` property, shared by the three classes)."""
+    return self.agg.normalises_scale
 
 
 class WeightedSum:
@@ -140,21 +177,17 @@ class WeightedSum:
     """
 
     uses_components = True  # the loop passes components= and weights= (advantage_inputs)
+    normalises_scale = property(_normalises_scale)
 
     def __init__(self, weights: Mapping[str, float] | None = None, base: Advantage | None = None) -> None:
-        self.weights = dict(weights) if weights else None
-        self.base = base if base is not None else GroupZScore()
-
-    @property
-    def normalises_scale(self) -> bool:
-        return bool(getattr(self.base, "normalises_scale", False))
+        self.agg = Aggregation(type(self).__name__, weights, base)
 
     def __call__(self, rewards, group_ids, response_mask=None, components=None, weights=None) -> torch.Tensor:
         if not components:
-            return _without_components(self, rewards, group_ids, response_mask)
-        comps, w = _resolve(rewards, components, weights, self.weights)
+            return self.agg.fallback(rewards, group_ids, response_mask)
+        comps, w = self.agg.resolve(rewards, components, weights)
         total = sum(w[k] * comps[k] for k in comps)
-        return self.base(total.to(rewards.dtype), group_ids, response_mask)
+        return self.agg.base(total.to(rewards.dtype), group_ids, response_mask)
 
 
 class LogTame:
@@ -170,6 +203,7 @@ class LogTame:
     """
 
     uses_components = True  # the loop passes components= and weights= (advantage_inputs)
+    normalises_scale = property(_normalises_scale)
 
     def __init__(
         self,
@@ -184,24 +218,19 @@ class LogTame:
             raise ValueError(f"advantage.threshold must be finite, got {threshold}")
         self.threshold = threshold
         self.components = tuple(components) if components is not None else None
-        self.weights = dict(weights) if weights else None
-        self.base = base if base is not None else GroupZScore()
-
-    @property
-    def normalises_scale(self) -> bool:
-        return bool(getattr(self.base, "normalises_scale", False))
+        self.agg = Aggregation(type(self).__name__, weights, base)
 
     def __call__(self, rewards, group_ids, response_mask=None, components=None, weights=None) -> torch.Tensor:
         if not components:
-            return _without_components(self, rewards, group_ids, response_mask)
-        comps, w = _resolve(rewards, components, weights, self.weights)
+            return self.agg.fallback(rewards, group_ids, response_mask)
+        comps, w = self.agg.resolve(rewards, components, weights)
         chosen = list(comps) if self.components is None else list(self.components)
         missing = sorted(set(chosen) - set(comps))
         if missing:
             raise ValueError(f"advantage.components names {missing}, which are not reward terms ({sorted(comps)})")
         comps |= log_tame({k: comps[k] for k in chosen}, self.threshold)
         total = sum(w[k] * comps[k] for k in comps)
-        return self.base(total.to(rewards.dtype), group_ids, response_mask)
+        return self.agg.base(total.to(rewards.dtype), group_ids, response_mask)
 
 
 class ComponentNorm:
@@ -214,37 +243,16 @@ class ComponentNorm:
     """
 
     uses_components = True  # the loop passes components= and weights= (advantage_inputs)
+    normalises_scale = property(_normalises_scale)
 
     def __init__(self, weights: Mapping[str, float] | None = None, base: Advantage | None = None) -> None:
-        self.weights = dict(weights) if weights else None
-        self.base = base if base is not None else GroupZScore()
-
-    @property
-    def normalises_scale(self) -> bool:
-        return bool(getattr(self.base, "normalises_scale", False))
+        self.agg = Aggregation(type(self).__name__, weights, base)
 
     def __call__(self, rewards, group_ids, response_mask=None, components=None, weights=None) -> torch.Tensor:
         if not components:
-            return _without_components(self, rewards, group_ids, response_mask)
-        comps, w = _resolve(rewards, components, weights, self.weights)
-        parts = [w[k] * self.base(comps[k].to(rewards.dtype), group_ids, response_mask) for k in comps if w[k] != 0]
+            return self.agg.fallback(rewards, group_ids, response_mask)
+        comps, w = self.agg.resolve(rewards, components, weights)
+        parts = [w[k] * self.agg.base(comps[k].to(rewards.dtype), group_ids, response_mask) for k in comps if w[k] != 0]
         if not parts:
             return torch.zeros_like(rewards, dtype=torch.float32)
         return torch.stack(parts).sum(0).float()
-
-
-_WARNED: set[str] = set()
-
-
-def _without_components(owner: Any, rewards, group_ids, response_mask) -> torch.Tensor:
-    """The base estimator on the total reward, with a warning once per class: the loop passed no components."""
-    name = type(owner).__name__
-    if name not in _WARNED:
-        _WARNED.add(name)
-        logger.warning(
-            "advantage %s: the loop passed no reward components, so it falls back to its base estimator on the "
-            "total reward. The loop must add vrl.methods.multi_reward.advantage_inputs(advantage, rollout, reward) "
-            "to its advantage call.",
-            name,
-        )
-    return owner.base(rewards, group_ids, response_mask)
