@@ -23,6 +23,7 @@ from transformers import AutoModelForImageTextToText, PreTrainedModel, Processor
 from transformers.image_utils import SizeDict
 
 from vrl.models import tiny
+from vrl.models.dedupe import share_repeated_work as share_repeated_work_on
 from vrl.models.processor import load_processor
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ def load_vlm(
     tiny_extra_texts: list[str] | None = None,
     tiny_single_tokens: list[str] | None = None,
     trust_remote_code: bool = False,
+    share_repeated_work: bool = True,
 ) -> VLM:
     """Build or load a VLM with its processor, ready to train.
 
@@ -111,6 +113,9 @@ def load_vlm(
         tiny_extra_texts: tiny models only (ignored otherwise): extra tokenizer training text.
         tiny_single_tokens: tiny models only (ignored otherwise): words that must be single tokens.
         trust_remote_code: passed to ``from_pretrained`` for models whose code lives on the hub.
+        share_repeated_work: encode each distinct image once and compute M-RoPE positions once per distinct
+            row, instead of once per sampled sequence (``vrl.models.dedupe``; Qwen2-VL and Qwen2.5-VL only).
+            Same outputs up to float rounding; off (``++model.share_repeated_work=false``) to rule it out.
 
     Returns:
         A ``VLM``; ``model`` is in eval mode (call ``train()`` before a training step).
@@ -139,6 +144,8 @@ def load_vlm(
         _enable_checkpointing(model)
     if lora_settings is not None:
         model = apply_lora(model, lora_settings, seed=seed, input_grads=gradient_checkpointing)
+    if share_repeated_work:
+        share_repeated_work_on(model)
     patch_size, merge_size = _vision_geometry(model, processor)
     return VLM(model.eval(), processor, family, patch_size, merge_size, is_lora=lora_settings is not None)
 
