@@ -103,17 +103,25 @@ def _shared_rope_index(original):
             and n > 1
         )
         if not simple:
-            return original(self, input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, **kwargs)
+            return original(
+                self, input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, **kwargs
+            )
         key = torch.cat([mm_token_type_ids.long(), mask.long(), image_grid_thw.long()], dim=1)
         distinct, inverse = torch.unique(key, dim=0, return_inverse=True)
         if distinct.shape[0] == n:
-            return original(self, input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, **kwargs)
+            return original(
+                self, input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw, **kwargs
+            )
         rows = torch.arange(n, device=inverse.device)
         first = torch.full((distinct.shape[0],), n, dtype=torch.long, device=inverse.device)
         first = first.scatter_reduce(0, inverse, rows, "amin")  # one representative row per distinct key
         sub = dict(kwargs, attention_mask=mask[first])
         pos, delta = original(
-            self, input_ids[first], mm_token_type_ids=mm_token_type_ids[first], image_grid_thw=image_grid_thw[first], **sub
+            self,
+            input_ids[first],
+            mm_token_type_ids=mm_token_type_ids[first],
+            image_grid_thw=image_grid_thw[first],
+            **sub,
         )
         return pos[:, inverse], delta[inverse]
 
