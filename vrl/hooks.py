@@ -10,7 +10,8 @@ advantage factor (order 20) and VPPO's (30) multiply.
 
 1. ``on_step_start(ctx) -> StageSettings | None``   H1  stage scheduling, curricula
    ``replace_step(ctx) -> Rollout | None``          H11 a non-RL step: teacher-forced pairs the loop fits with
-                                                    SFT instead of the RL step (the first hook returning one)
+                                                    SFT instead of the RL step (the first hook returning one),
+                                                    or a ``vrl.lit.preference.PreferenceBatch`` fitted with DPO
 2. ``on_prompts(samples, ctx) -> samples``          H5/H6 probe rollouts, pre-rollout gates
    ``on_rollout(rollout, ctx) -> rollout``          H5  after the main rewards: attach auxiliary branches
 3. ``filter_groups(rollout, ctx) -> keep [N]``      H6  post-rollout group filters (dynamic sampling)
@@ -20,8 +21,8 @@ advantage factor (order 20) and VPPO's (30) multiply.
 7. ``extra_loss(micro, out, normalizer, ctx) -> (scalar, stats)``  H10  added to each micro-batch loss
 
 What the loop reads of a hook is declared on :class:`Hook`: ``order``, ``max_tries`` (prompt draws per step
-the loop may make to refill filtered groups), ``needs_old_logprobs`` and ``check(cfg, path)`` (the method's
-own cross-group config rules, run by ``vrl.validate`` before anything is built).
+the loop may make to refill filtered groups), ``needs_old_logprobs``, ``needs_reference`` and
+``check(cfg, path)`` (the method's own cross-group config rules, run by ``vrl.validate`` before anything is built).
 """
 
 from __future__ import annotations
@@ -172,11 +173,13 @@ class Hook:
         order: position among hooks (ascending).
         max_tries: prompt draws per step the loop may make to refill dropped groups (the largest wins).
         needs_old_logprobs: the hook reads ``rollout.old_logprobs`` (the loop then scores them).
+        needs_reference: the run needs the frozen reference policy even without a KL term (a DPO stage).
     """
 
     order: int = 0
     max_tries: int = 1
     needs_old_logprobs: bool = False
+    needs_reference: bool = False
 
     @staticmethod
     def check(cfg: Any, path: str) -> None:
@@ -235,6 +238,10 @@ class HookSet:
     @property
     def needs_old_logprobs(self) -> bool:
         return any(h.needs_old_logprobs for h in self.hooks)
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(h.needs_reference for h in self.hooks)
 
     def on_step_start(self, ctx: StepContext) -> list[StageSettings]:
         return [s for h in self.hooks if (s := h.on_step_start(ctx)) is not None]

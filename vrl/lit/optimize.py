@@ -1,10 +1,11 @@
 """How a scored rollout becomes optimizer steps: PPO epochs x mini-batches x micro-batches, and SFT steps.
 
-The loop (``vrl.lit.rl_module``) calls :func:`ppo_update` once per RL step and :func:`sft_update` for a stage's
-supervised step. Each mini-batch is one optimizer step, its gradient accumulated over micro-batches against one
-denominator for the whole mini-batch (so micro-batching never changes the update) and, under DDP, against the
-global one. Every rank runs the same number of backward passes (a rank short of data runs zero-gradient ones),
-since DDP's gradient all-reduce is collective.
+The loop (``vrl.lit.rl_module``) calls :func:`ppo_update` once per RL step and :func:`replaced_update` for a
+stage's supervised (:func:`sft_update`) or preference (:func:`vrl.lit.preference.preference_update`) step.
+Each mini-batch is one optimizer step, its gradient accumulated over micro-batches against one denominator for
+the whole mini-batch (so micro-batching never changes the update) and, under DDP, against the global one. Every
+rank runs the same number of backward passes (a rank short of data runs zero-gradient ones), since DDP's
+gradient all-reduce is collective.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from vrl.hooks import StepContext
 from vrl.lit.dist import gather_objects, reduce_value, world_size, zero_loss
 from vrl.lit.loss import MAX_BRANCHES
+from vrl.lit.preference import PreferenceBatch, preference_update
 from vrl.lit.sft import sft_backward
 from vrl.types import Rollout
 
@@ -111,3 +113,8 @@ def sft_update(module: Any, pairs: Rollout) -> dict[str, float]:
     grad_norm = module.guard.step(module, loss)
     norm = math.nan if grad_norm is None else grad_norm
     return {"sft/loss": loss, "sft/tokens": tokens * world_size(module), "train/grad_norm": norm, "train/lr": lr}
+
+
+def replaced_update(module: Any, batch: Rollout | PreferenceBatch) -> dict[str, float]:
+    """The optimizer step of a step a hook replaced (H11): DPO for a preference batch, SFT for teacher-forced pairs."""
+    return preference_update(module, batch) if isinstance(batch, PreferenceBatch) else sft_update(module, batch)

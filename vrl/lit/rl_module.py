@@ -32,7 +32,7 @@ from vrl.lit.dist import gather_objects, reduce_value, refuse_sharded_sampling, 
 from vrl.lit.guard import StepGuard
 from vrl.lit.loss import Objective
 from vrl.lit.metrics import global_metrics, perf_metrics, rollout_columns, update_metrics
-from vrl.lit.optimize import minibatches, ppo_update, sft_update
+from vrl.lit.optimize import minibatches, ppo_update, replaced_update
 from vrl.methods.advantage import Advantage
 from vrl.methods.multi_reward import advantage_inputs
 from vrl.models.scoring import score_logprobs
@@ -130,7 +130,7 @@ class RLModule(L.LightningModule):
             )
             self.settings = RunSettings(self.sampler, self.batch_size, self.reward, self.prompts)
         self.objective.suppress_ids = suppressed_token_ids(self.vlm.processor.tokenizer)
-        needs_ref = self.objective.kl is not None and self.objective.kl.coef > 0
+        needs_ref = (self.objective.kl is not None and self.objective.kl.coef > 0) or self.hooks.needs_reference
         if needs_ref and self.reference is None and not getattr(self.vlm, "is_lora", False):
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)  # LoRA: the adapter-off policy
 
@@ -168,8 +168,8 @@ class RLModule(L.LightningModule):
             self.log_dict(self._step_metrics | {"curriculum/done": 1.0}, on_step=True)
             return
         ctx = self.context()  # with this step's stage settings
-        if (pairs := self.hooks.replace_step(ctx)) is not None:  # H11: e.g. an SFT stage's step
-            self.log_dict(global_metrics(self, self._step_metrics | sft_update(self, pairs)), on_step=True)
+        if (pairs := self.hooks.replace_step(ctx)) is not None:  # H11: e.g. an SFT or a DPO stage's step
+            self.log_dict(global_metrics(self, self._step_metrics | replaced_update(self, pairs)), on_step=True)
             return
         rollout = self.make_rollout(ctx)
         t_rollout = time.perf_counter() - t0

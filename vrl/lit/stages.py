@@ -4,7 +4,9 @@ A curriculum (Curr-ReFT's yes/no -> multiple choice -> open questions, RewardMap
 types) changes *what* the loop trains on, not *how*: one :class:`StageScheduler` hook applies the current
 :class:`Stage` to the module at the start of every step (its prompt stream, reward terms, G, sampling
 temperature) and moves to the next stage when the stage's switch rule fires. A stage of kind ``sft`` runs
-rejection-sampled supervised steps instead of RL steps (:mod:`vrl.lit.sft`, via ``replace_step``).
+rejection-sampled supervised steps instead of RL steps (:mod:`vrl.lit.sft`, via ``replace_step``); a stage of
+kind ``dpo`` runs preference steps on pairs read from its data or built by the policy at the stage's start
+(:mod:`vrl.lit.preference`).
 
 Switch rules, checked at the start of a step once the stage has run at least one step:
 
@@ -38,10 +40,11 @@ import torch
 
 from vrl.data.source import PromptSource
 from vrl.hooks import Hook, StageSettings, StepContext
+from vrl.lit.preference import PreferenceBatch, PreferenceSettings, pair_batch
 from vrl.lit.sft import RejectionSampling, dataset_row, rejection_sample
 from vrl.types import Rollout
 
-KINDS = ("rl", "sft")
+KINDS = ("rl", "sft", "dpo")
 MODES = ("above", "below")
 
 
@@ -68,7 +71,8 @@ class Stage:
 
     Args:
         name: shown in logs and MLflow; the key of the stage in a ``stages`` mapping fills it.
-        kind: ``rl`` (a normal RL step) or ``sft`` (rejection-sampled supervised steps, see ``rejection``).
+        kind: ``rl`` (a normal RL step), ``sft`` (rejection-sampled supervised steps, see ``rejection``) or
+            ``dpo`` (preference steps, see ``preference``).
         data: map-style dataset of the stage's prompts (an SFT stage samples its candidates from it);
             None = the run's training data.
         reward: name -> reward term merged over the run's terms while in the stage: a term replaces the
@@ -79,14 +83,16 @@ class Stage:
         top_p: nucleus mass; None = the run's.
         max_new_tokens: response length cap; None = the run's.
         batch_size: prompts per step; None = the run's.
-        lr: SFT only: the learning rate while in the stage (the run's is restored after it).
-        lr_scale: SFT only: the learning rate as a multiple of the run's (Curr-ReFT: 2e-7 / 1e-6 = 0.2).
+        lr: SFT/DPO only: the learning rate while in the stage (the run's is restored after it).
+        lr_scale: SFT/DPO only: the learning rate as a multiple of the run's (Curr-ReFT: 2e-7 / 1e-6 = 0.2).
         shuffle: shuffle the stage's data each epoch (False: ordered, as in RewardMap).
         after_steps: switch rule: N steps in the stage.
         exhausted: switch rule: ``epochs`` passes over the stage's data (the kept set for SFT).
         epochs: passes for ``exhausted`` (setting it implies ``exhausted``).
         metric: switch rule: ``{name, threshold, mode: above|below}``.
-        rejection: SFT only: how the kept set is built (:class:`vrl.lit.sft.RejectionSampling`).
+        rejection: SFT only: how the kept set is built (:class:`vrl.lit.sft.RejectionSampling`, or any object
+            with ``build(ctx, data, indices) -> ([(index, response[, prompt])], stats)``).
+        preference: DPO only: the pairs and the loss (:class:`vrl.lit.preference.PreferenceSettings`).
     """
 
     def __init__(
@@ -108,6 +114,7 @@ class Stage:
         epochs: int | None = None,
         metric: MetricRule | Mapping[str, Any] | None = None,
         rejection: RejectionSampling | Mapping[str, Any] | None = None,
+        preference: PreferenceSettings | Mapping[str, Any] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"stage {name!r}: kind must be one of {KINDS}, got {kind!r}")
@@ -121,7 +128,10 @@ class Stage:
         self.metric = MetricRule(**metric) if isinstance(metric, Mapping) else metric
         if isinstance(rejection, Mapping):
             rejection = RejectionSampling(**rejection)
-        self.rejection = rejection if rejection is not None or kind == "rl" else RejectionSampling()
+        self.rejection = rejection if rejection is not None or kind != "sft" else RejectionSampling()
+        if isinstance(preference, Mapping):
+            preference = PreferenceSettings(**preference)
+        self.preference = preference if preference is not None or kind != "dpo" else PreferenceSettings()
         self._validate()
 
     def _validate(self) -> None:
@@ -131,8 +141,10 @@ class Stage:
             raise ValueError(f"{where}: set one switch rule (after_steps, exhausted/epochs or metric)")
         if (self.after_steps is not None and self.after_steps < 1) or (self.epochs is not None and self.epochs < 1):
             raise ValueError(f"{where}: after_steps and epochs must be >= 1")
-        if self.kind == "rl" and (self.lr is not None or self.lr_scale is not None or self.rejection is not None):
-            raise ValueError(f"{where}: lr, lr_scale and rejection are for kind=sft (RL uses the run's optimizer)")
+        if self.kind == "rl" and (self.lr is not None or self.lr_scale is not None):
+            raise ValueError(f"{where}: lr and lr_scale are for kind=sft/dpo (RL uses the run's optimizer)")
+        if (self.kind != "sft" and self.rejection is not None) or (self.kind != "dpo" and self.preference is not None):
+            raise ValueError(f"{where}: rejection is for kind=sft, preference for kind=dpo")
         if self.lr is not None and self.lr_scale is not None:
             raise ValueError(f"{where}: set lr or lr_scale, not both")
         if self.sampling["group_size"] is not None and self.sampling["group_size"] < 2:
@@ -182,8 +194,9 @@ class StageScheduler(Hook):
         if len({s.name for s in self.stages}) != len(self.stages):
             raise ValueError(f"curriculum: stage names must be unique, got {[s.name for s in self.stages]}")
         self.order, self.stop_at_end = order, stop_at_end
+        self.needs_reference = any(s.kind == "dpo" for s in self.stages)  # the loop then builds the reference
         self.index, self.steps_in_stage, self.done = 0, 0, False
-        self.kept: dict[int, list[tuple[int, str]]] = {}
+        self.kept: dict[int, list] = {}  # sft: (index, response[, prompt]); dpo: pair records
         self._sources: dict[int, PromptSource] = {}
         self._pending_sources: dict[int, dict] = {}
         self._rewards: dict[int, Any] = {}
@@ -209,14 +222,19 @@ class StageScheduler(Hook):
         self.steps_in_stage += 1
         return self._settings(ctx)
 
-    def replace_step(self, ctx: StepContext) -> Rollout | None:
-        """An SFT stage's teacher-forced pairs (the loop fits them instead of an RL step); None in RL stages."""
-        if self.stage.kind != "sft":
+    def replace_step(self, ctx: StepContext) -> Rollout | PreferenceBatch | None:
+        """An SFT stage's teacher-forced pairs or a DPO stage's preference pairs (the loop fits them instead of
+        an RL step); None in RL stages."""
+        stage = self.stage
+        if stage.kind == "rl":
             return None
-        batch = self._stage_source(ctx).next_batch()
-        data = self._data(self.stage, ctx)
-        ctx.log({"sft/kept": float(len(self.kept[self.index]))})
-        return ctx.pairs([dataset_row(data, p["index"]) for p in batch], [p["response"] for p in batch])
+        entries = [self.kept[self.index][p["entry"]] for p in self._stage_source(ctx).next_batch()]
+        data = self._data(stage, ctx)
+        ctx.log({f"{stage.kind}/kept": float(len(self.kept[self.index]))})
+        if stage.kind == "dpo":
+            return pair_batch(ctx, data, entries, stage.preference.loss)
+        rows = [dataset_row(data, e[0]) | ({"prompt": e[2]} if len(e) > 2 else {}) for e in entries]
+        return ctx.pairs(rows, [e[1] for e in entries])
 
     # ----------------------------------------------------------------- switching
     def _rule_fired(self, ctx: StepContext) -> bool:
@@ -250,7 +268,7 @@ class StageScheduler(Hook):
         ctx.print(f"[vrl] curriculum: stage {self.index} {stage.name!r} ({stage.kind}) starts at step {ctx.step}")
         ctx.tag("curriculum/stage", stage.name)
         ctx.tag(f"curriculum/{self.index}_{stage.name}_start_step", ctx.step)
-        if stage.kind != "sft" or self.index in self.kept:
+        if stage.kind == "rl" or self.index in self.kept:
             return True
         self._build_kept(ctx)
         return bool(self.kept[self.index])
@@ -288,9 +306,10 @@ class StageScheduler(Hook):
         if index not in self._sources:
             batch = stage.batch_size or ctx.batch_size
             dataset = self._data(stage, ctx)
-            if stage.kind == "sft":  # a batch never holds a kept pair twice, even when few were kept
-                dataset = [{"index": i, "response": r} for i, r in self.kept[index]]
-                batch = min(stage.rejection.batch_size or batch, len(dataset))
+            if stage.kind != "rl":  # a batch never holds a kept pair twice, even when few were kept
+                dataset = [{"entry": j} for j in range(len(self.kept[index]))]
+                settings = stage.rejection if stage.kind == "sft" else stage.preference
+                batch = min(getattr(settings, "batch_size", None) or batch, len(dataset))
             source = PromptSource(
                 dataset, batch, seed=ctx.seed + index, shuffle=stage.shuffle, rank=ctx.rank, world_size=ctx.world_size
             )
@@ -300,11 +319,17 @@ class StageScheduler(Hook):
         return self._sources[index]
 
     def _build_kept(self, ctx: StepContext) -> None:
-        """Sample (with the stage's settings), judge and keep the SFT stage's training pairs, once per stage:
-        they are checkpointed."""
-        stage, rs = self.stage, self.stage.rejection
+        """Sample (with the stage's settings), judge and keep the SFT stage's training pairs, or build the DPO
+        stage's pair records, once per stage: they are checkpointed."""
+        stage, rs = self.stage, (self.stage.rejection or self.stage.preference)
         data = self._data(stage, ctx)
-        shard = list(range(len(data)))[: rs.max_prompts][ctx.rank :: ctx.world_size]
+        shard = list(range(len(data)))[: getattr(rs, "max_prompts", None)][ctx.rank :: ctx.world_size]
+        builder = stage.preference.pairs if stage.kind == "dpo" else rs
+        if callable(getattr(builder, "build", None)):  # pair records, or an SFT set built another way
+            self.kept[self.index], stats = builder.build(ctx, data, shard)
+            ctx.print(f"[vrl] curriculum: stage {stage.name!r} built {len(self.kept[self.index])} {stage.kind} pairs")
+            ctx.log(stats)
+            return
         run_reward = self._reward(self.index, ctx) or ctx.reward
         judge = ctx.reward.with_terms(rs.judge) if rs.judge else run_reward
         per_call = rs.prompts_per_call or ctx.batch_size
@@ -327,11 +352,16 @@ class StageScheduler(Hook):
             "steps_in_stage": self.steps_in_stage,
             "done": self.done,
             "sources": sources,
-            "kept": {i: [[idx, resp] for idx, resp in pairs] for i, pairs in self.kept.items()},
+            "kept": {i: [e if isinstance(e, dict) else list(e) for e in pairs] for i, pairs in self.kept.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.index, self.steps_in_stage = int(state["index"]), int(state["steps_in_stage"])
         self.done = bool(state.get("done", False))
-        self.kept = {int(i): [(int(idx), str(resp)) for idx, resp in pairs] for i, pairs in state["kept"].items()}
+        self.kept = {int(i): [_entry(e) for e in pairs] for i, pairs in state["kept"].items()}
         self._sources, self._pending_sources = {}, {int(i): dict(s) for i, s in state["sources"].items()}
+
+
+def _entry(e: Any) -> Any:
+    """A checkpointed kept entry: a DPO pair record as is, an SFT ``(index, response[, prompt])`` as a tuple."""
+    return dict(e) if isinstance(e, Mapping) else (int(e[0]), *map(str, e[1:]))
