@@ -108,8 +108,9 @@ def test_the_hook_moves_hf_sampling_logprobs_aside_and_weights_the_pg_term():
     torch.testing.assert_close(weights.loss, torch.tensor([[2.0, 0.5, 1.0], [1.0, 2.0, 0.0]]))
     assert weights.norm is None  # the loss is still averaged over every valid token
     assert logged["rollout_correction/clipped_frac"] == pytest.approx(0.4)
-    # a server sampler's rollout already carries the extras: left as is
-    served = _rollout(extras={SAMPLER_LOGPROBS: SAMPLER})
-    assert hook.on_rollout(served, StepContext()) is served
+    # a server sampler's rollout carries the extras (and old_logprobs too with sampler.logprobs=true): the
+    # learner's own pass must replace old_logprobs, or every ratio would be 1
+    served = hook.on_rollout(_rollout(old=SAMPLER.clone(), extras={SAMPLER_LOGPROBS: SAMPLER}), StepContext())
+    assert served.old_logprobs is None and served.extras[SAMPLER_LOGPROBS] is SAMPLER
     with pytest.raises(ValueError, match="sampler.logprobs=true"):
         hook.on_rollout(_rollout(), StepContext())

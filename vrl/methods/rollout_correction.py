@@ -121,14 +121,14 @@ class RolloutCorrection(Hook):
 
     It needs the sampler's log-probs of the sampled tokens: ``rollout.extras["sampler_logprobs"]`` (what
     ``sampler=openai_server`` returns), or ``rollout.old_logprobs`` from ``sampler.logprobs=true`` (HF
-    ``generate``). Its ``on_rollout`` moves the latter into the extras and clears ``old_logprobs``, and it
-    declares ``needs_old_logprobs``, so the loop scores the learner's teacher-forced old log-probs as usual;
+    ``generate``). Its ``on_rollout`` keeps them in the extras and clears ``old_logprobs`` (whichever sampler set
+    it), and it declares ``needs_old_logprobs``, so the loop scores the learner's teacher-forced old log-probs;
     ``token_weights`` then returns ``w`` [N, L] (multiplied into the PG term's token weights: the KL,
     entropy and NLL terms are not reweighted, as in TRL and verl) and logs ``rollout_correction/*``.
 
     Args:
         cap: C, the truncation (or rejection) threshold on rho; 2.0 as TRL's default
-            (``vllm_importance_sampling_cap``); verl's examples use 2.0 as well.
+            (``vllm_importance_sampling_cap``).
         level: ``token`` (TIS, per-token ratios; the default of TRL and verl) | ``sequence`` | ``geometric``.
         mode: ``truncate`` (min(rho, C)) | ``mask`` (drop what exceeds C).
         order: after other ``on_rollout`` hooks (a branch they attach still carries ``old_logprobs``).
@@ -144,14 +144,13 @@ class RolloutCorrection(Hook):
         self.cap, self.level, self.mode, self.order = cap, level, mode, order
 
     def on_rollout(self, rollout: Rollout, ctx: StepContext) -> Rollout:
-        if SAMPLER_LOGPROBS in rollout.extras:
-            return rollout
-        if rollout.old_logprobs is None:
+        sampler = rollout.extras.get(SAMPLER_LOGPROBS, rollout.old_logprobs)
+        if sampler is None:
             raise ValueError(
                 "hooks.rollout_correction needs the sampler's log-probs: use sampler=openai_server, or "
                 "sampler.logprobs=true with the HF sampler"
             )
-        extras = {**rollout.extras, SAMPLER_LOGPROBS: rollout.old_logprobs}
+        extras = {**rollout.extras, SAMPLER_LOGPROBS: sampler}
         return replace(rollout, extras=extras, old_logprobs=None)  # the loop scores the learner's own
 
     def token_weights(self, rollout: Rollout, ctx: StepContext) -> TokenWeights:
