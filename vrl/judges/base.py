@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Any, Protocol
 
 from vrl.data.checklist import tag_contents
 
@@ -30,6 +31,8 @@ _YES = frozenset({"yes", "true", "present"})
 _NO = frozenset({"no", "false", "absent"})
 #: Decoration around a tag's value that carries no meaning: markdown bold, quotes, a trailing full stop.
 _DECORATION = " \t\r\n*_`'\".,;:"
+#: A chat: OpenAI-style messages ``[{"role": "system" | "user" | "assistant", "content": str}, ...]``.
+Chat = Sequence[Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,22 @@ class Judge(Protocol):
     """Structural type of a judge: one batched call, one verdict per item, in order; never raises for one item."""
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]: ...
+
+
+class ModelJudge(Judge, Protocol):
+    """A judge backed by a language model (HTTP, local, the policy itself) also answers free chats, batched:
+
+    - ``complete(chats) -> list[Reply]``: the greedy reply text of each chat (a reasoner's answer, a re-prompt);
+    - ``probability(chats, yes="Yes", no="No") -> list[Reply]``: the first reply token's
+      ``P(yes) / (P(yes) + P(no))`` (PaCo-Reward's P("Yes"), a PRM's P("+")).
+
+    Both are cached by content (:func:`chat_key`), counted in ``stats`` and never raise for one chat: a failed
+    chat gets a failed :class:`Reply`. The rule judge has no model and answers neither.
+    """
+
+    def complete(self, chats: Sequence[Chat]) -> list[Reply]: ...
+
+    def probability(self, chats: Sequence[Chat], yes: str = "Yes", no: str = "No") -> list[Reply]: ...
 
 
 @dataclass
@@ -148,7 +167,7 @@ class VerdictCache:
 
     def put(self, key: str, verdict: Verdict) -> None:
         """Store a verdict unless it is transient or the cache is off; evicts the least recently used."""
-        if self.maxsize == 0 or verdict.transient:
+        if self.maxsize == 0 or getattr(verdict, "transient", False):
             return
         with self._lock:
             self._data[key] = verdict
@@ -181,10 +200,27 @@ def judge_cached(
     Returns:
         N verdicts, in item order.
     """
+    return cached_call(items, [item.key() for item in items], cache, stats, judge_uncached)
+
+
+def cached_call(
+    items: Sequence[Any], keys: Sequence[str], cache: VerdictCache, stats: JudgeStats, backend: Callable[[list], list]
+) -> list:
+    """The cache protocol of every judge call (verdicts, replies, readouts): look each key up, call ``backend``
+    once on the distinct misses, store what it answered (transient failures are not stored).
+
+    Args:
+        items: N things to answer; keys: their N cache keys (equal keys are asked once).
+        cache: where answers are looked up and stored.
+        stats: ``items`` and ``cache_hits`` are counted here (the backend counts the rest).
+        backend: distinct, uncached items -> one answer each, in order.
+
+    Returns:
+        N answers, in item order.
+    """
     stats.items += len(items)
-    keys = [item.key() for item in items]
-    found: dict[str, Verdict] = {}
-    todo: dict[str, JudgeItem] = {}
+    found: dict[str, Any] = {}
+    todo: dict[str, Any] = {}
     for key, item in zip(keys, items):
         if key in found or key in todo:
             continue
@@ -195,13 +231,75 @@ def judge_cached(
             todo[key] = item
     stats.cache_hits += len(items) - len(todo)
     if todo:
-        verdicts = judge_uncached(list(todo.values()))
-        if len(verdicts) != len(todo):
-            raise RuntimeError(f"judge backend returned {len(verdicts)} verdicts for {len(todo)} items")
-        for key, verdict in zip(todo, verdicts):
-            cache.put(key, verdict)
-            found[key] = verdict
+        answers = backend(list(todo.values()))
+        if len(answers) != len(todo):
+            raise RuntimeError(f"judge backend returned {len(answers)} answers for {len(todo)} items")
+        for key, answer in zip(todo, answers):
+            cache.put(key, answer)
+            found[key] = answer
     return [found[key] for key in keys]
+
+
+# ----------------------------------------------------------------- free text and probability readouts
+@dataclass(frozen=True)
+class Reply:
+    """A judge's answer to one chat: free text (:meth:`complete`) or a probability readout (:meth:`probability`).
+
+    Attributes:
+        text: the reply (new tokens only), None for a readout or a failed request.
+        prob: ``P(yes) / (P(yes) + P(no))`` for a readout (0.0 when neither token was seen), None for text.
+        ok: False when the call failed; a failed reply's ``text`` is None and its ``prob`` 0.0 (for readouts).
+        error: why it failed, ``""`` when ok.
+        transient: the failure may not recur (a timeout, a server error, out of memory): never cached.
+    """
+
+    text: str | None = None
+    prob: float | None = None
+    ok: bool = True
+    error: str = ""
+    transient: bool = False
+
+    @classmethod
+    def failed(cls, error: str, readout: bool, transient: bool = True) -> Reply:
+        return cls(None, 0.0 if readout else None, False, error, transient)
+
+
+def chat_key(kind: str, chat: Chat, **params: Any) -> str:
+    """sha256 of (kind, messages, params): the cache key of a text or readout request (stable across processes)."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in chat]
+    blob = json.dumps([kind, messages, sorted(params.items())], ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def yes_probability(
+    logprobs: Mapping[str, float] | Sequence[tuple[str, float]], yes: str = "Yes", no: str = "No"
+) -> float:
+    """PaCo-Reward's readout from a first token's log-probabilities: ``P(yes) / (P(yes) + P(no))``
+    ``= sigmoid(lp_yes - lp_no)``; 1.0 when only ``yes`` was seen, 0.0 when only ``no`` or neither was.
+
+    Args:
+        logprobs: (token text, log-probability) pairs, most likely first (an OpenAI ``top_logprobs`` list), or
+            a mapping; tokens are compared after stripping whitespace and the first occurrence wins.
+    """
+    pairs = logprobs.items() if isinstance(logprobs, Mapping) else logprobs
+    seen: dict[str, float] = {}
+    for token, lp in pairs:
+        seen.setdefault(token.strip(), float(lp))
+    lp_yes, lp_no = seen.get(yes), seen.get(no)
+    if lp_yes is None:
+        return 0.0
+    if lp_no is None:
+        return 1.0
+    return 1.0 / (1.0 + math.exp(lp_no - lp_yes))
+
+
+def count_replies(stats: JudgeStats, replies: Sequence[Reply]) -> None:
+    """``calls`` for every answered reply, ``request_failures`` for the others."""
+    for reply in replies:
+        if reply.ok:
+            stats.calls += 1
+        else:
+            stats.request_failures += 1
 
 
 def parse_score(text: str) -> float | None:

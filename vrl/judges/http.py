@@ -18,7 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPException
 from typing import Any
 
-from .base import JudgeItem, JudgeStats, Verdict, VerdictCache, judge_cached, parse_verdict, warn_once
+from .base import (
+    Chat,
+    JudgeItem,
+    JudgeStats,
+    Reply,
+    Verdict,
+    VerdictCache,
+    cached_call,
+    chat_key,
+    judge_cached,
+    parse_verdict,
+    warn_once,
+    yes_probability,
+)
 from .prompt import JudgePrompt
 
 
@@ -60,6 +73,13 @@ class HTTPJudge:
         cache_size: verdicts kept in the LRU cache (~1 KB each with the judge's text); 0 disables it.
         extra_body: more JSON fields for the request, e.g. ``{"chat_template_kwargs": {"enable_thinking":
             false}}`` for Qwen3 judges, or ``{"seed": 0}``.
+        top_logprobs: alternatives asked for in a probability readout (:meth:`probability`); 20 as PaCo-Reward
+            (and OpenAI's cap; vLLM allows more with ``--max-logprobs``). A token outside them counts as unseen.
+
+    Free chats (:meth:`complete`) and probability readouts (:meth:`probability`) go through the same client:
+    the same retries, timeouts, cache and counters. A readout is one token at temperature 0 with
+    ``logprobs: true`` and ``top_logprobs``; the reply's first token alternatives give
+    :func:`~vrl.judges.base.yes_probability`.
     """
 
     def __init__(
@@ -77,6 +97,7 @@ class HTTPJudge:
         backoff_max_s: float = 30.0,
         cache_size: int = 100_000,
         extra_body: Mapping[str, Any] | None = None,
+        top_logprobs: int = 20,
     ) -> None:
         if max_workers < 1 or retries < 0 or timeout_s <= 0 or max_tokens < 1:
             raise ValueError("HTTPJudge: need max_workers >= 1, retries >= 0, timeout_s > 0 and max_tokens >= 1")
@@ -88,6 +109,7 @@ class HTTPJudge:
         self.max_workers, self.timeout_s = max_workers, timeout_s
         self.retries, self.backoff_s, self.backoff_max_s = retries, backoff_s, backoff_max_s
         self.extra_body = dict(extra_body or {})
+        self.top_logprobs = top_logprobs
         self.cache = VerdictCache(cache_size)
         self.stats = JudgeStats()
         self._warned: set[str] = set()
@@ -95,6 +117,66 @@ class HTTPJudge:
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         """One verdict per item; items not in the cache are requested concurrently (``max_workers``)."""
         return judge_cached(items, self.cache, self.stats, self._judge_uncached)
+
+    def complete(self, chats: Sequence[Chat]) -> list[Reply]:
+        """The reply text of each chat (``temperature``, ``max_tokens``), requested concurrently."""
+        params = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens}
+        keys = [chat_key("complete", c, **params, extra=self.extra_body) for c in chats]
+        return cached_call(chats, keys, self.cache, self.stats, lambda todo: self._replies(todo, self._complete_one))
+
+    def probability(self, chats: Sequence[Chat], yes: str = "Yes", no: str = "No") -> list[Reply]:
+        """``P(yes) / (P(yes) + P(no))`` of each chat's first reply token, from the server's ``top_logprobs``."""
+        params = {"model": self.model, "yes": yes, "no": no, "top_logprobs": self.top_logprobs}
+        keys = [chat_key("probability", c, **params, extra=self.extra_body) for c in chats]
+        one = lambda chat: self._readout_one(chat, yes, no)  # noqa: E731
+        return cached_call(chats, keys, self.cache, self.stats, lambda todo: self._replies(todo, one))
+
+    def _replies(self, chats: list[Chat], one: Any) -> list[Reply]:
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(chats)), thread_name_prefix="vrl-judge") as pool:
+            results = list(pool.map(one, chats))
+        replies = []
+        for reply, retries in results:  # counted here, in one thread
+            self.stats.retries += retries
+            if reply.ok:
+                self.stats.calls += 1
+            else:
+                self.stats.request_failures += 1
+                kind = reply.error.split(":", 1)[0]
+                warn_once(self._warned, kind, "HTTPJudge %s: a request failed (%s)", self.url, reply.error)
+            replies.append(reply)
+        return replies
+
+    def _body(self, chat: Chat, **fields: Any) -> bytes:
+        messages = [{"role": m["role"], "content": m["content"]} for m in chat]
+        body = {"model": self.model, "messages": messages, "n": 1, **fields, **self.extra_body}
+        return json.dumps(body).encode("utf-8")
+
+    def _complete_one(self, chat: Chat) -> tuple[Reply, int]:
+        data = self._body(chat, temperature=self.temperature, max_tokens=self.max_tokens)
+        return self._retrying(data, lambda payload: Reply(text=_content(payload)), readout=False)
+
+    def _readout_one(self, chat: Chat, yes: str, no: str) -> tuple[Reply, int]:
+        data = self._body(chat, temperature=0.0, max_tokens=1, logprobs=True, top_logprobs=self.top_logprobs)
+
+        def parse(payload: dict) -> Reply:
+            first = payload["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            return Reply(prob=yes_probability([(t["token"], t["logprob"]) for t in first], yes, no))
+
+        return self._retrying(data, parse, readout=True)
+
+    def _retrying(self, data: bytes, parse: Any, readout: bool) -> tuple[Reply, int]:
+        """(reply, retries used) for one request body; never raises (the retry rules of :meth:`_request`)."""
+        error = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))
+            try:
+                return parse(self._post_json(data)), attempt
+            except _Retryable as exc:
+                error = f"request: {exc} (after {attempt + 1} attempts)"
+            except Exception as exc:  # 4xx, a malformed answer: asking again would get the same
+                return Reply.failed(f"request: {type(exc).__name__}: {exc}", readout), attempt
+        return Reply.failed(error, readout), self.retries
 
     def _judge_uncached(self, items: list[JudgeItem]) -> list[Verdict]:
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(items)), thread_name_prefix="vrl-judge") as pool:
@@ -143,6 +225,10 @@ class HTTPJudge:
 
     def _post(self, data: bytes) -> str:
         """POST one request; the reply's ``choices[0].message.content``. Raises ``_Retryable`` where sensible."""
+        return _content(self._post_json(data))
+
+    def _post_json(self, data: bytes) -> dict:
+        """POST one request; the decoded JSON answer. Raises ``_Retryable`` where sensible."""
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if key:
@@ -161,7 +247,12 @@ class HTTPJudge:
             raise _Retryable(f"cannot reach the server ({exc.reason})") from exc
         except (ConnectionError, HTTPException) as exc:  # reset or dropped mid-answer
             raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
-        content = json.loads(payload)["choices"][0]["message"]["content"]
-        if not isinstance(content, str):
-            raise TypeError(f"choices[0].message.content is {type(content).__name__}, not a string")
-        return content
+        return json.loads(payload)
+
+
+def _content(payload: dict) -> str:
+    """``choices[0].message.content`` of a chat-completions answer (TypeError when it is not a string)."""
+    content = payload["choices"][0]["message"]["content"]
+    if not isinstance(content, str):
+        raise TypeError(f"choices[0].message.content is {type(content).__name__}, not a string")
+    return content

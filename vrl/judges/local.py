@@ -11,8 +11,29 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .base import JudgeItem, JudgeStats, Verdict, VerdictCache, judge_cached, parse_verdict, warn_once
+from .base import (
+    Chat,
+    JudgeItem,
+    JudgeStats,
+    Reply,
+    Verdict,
+    VerdictCache,
+    cached_call,
+    chat_key,
+    judge_cached,
+    parse_verdict,
+    warn_once,
+)
 from .prompt import JudgePrompt
+from .textgen import (
+    batched_replies,
+    greedy_generate,
+    prob_replies,
+    readout_probability,
+    render_chat,
+    text_replies,
+    yes_no_logprobs,
+)
 
 
 def load_causal_lm(path: str, dtype: str = "auto", device: str | None = None) -> Any:
@@ -39,6 +60,14 @@ class LocalJudge:
     decoded (special tokens skipped) and read by :func:`~vrl.judges.base.parse_verdict`. A batch whose
     ``generate`` raises (out of memory, say) fails its items, counted in ``stats.request_failures`` and
     logged with the traceback the first time, instead of stopping the run.
+
+    Besides verdicts it answers free chats (:meth:`complete`: a frozen reasoner, RACRO) and probability readouts
+    (:meth:`probability`: P("Yes") from one forward over the full vocabulary, PaCo-Reward), the
+    :class:`~vrl.judges.base.ModelJudge` calls, batched and cached the same way.
+
+    Inside a training run the model is a registered, frozen submodule of the ``RLModule`` (:meth:`module`,
+    ``vrl.lit.attach``): Lightning places it on the rank's device, DDP keeps one copy per rank, and checkpoints
+    leave it out (it is rebuilt from ``model`` on resume).
 
     Args:
         model: a path or hub id (loaded on first use by :func:`load_causal_lm`, so building the config
@@ -100,6 +129,42 @@ class LocalJudge:
         """One verdict per item; uncached items are decoded ``batch_size`` at a time."""
         return judge_cached(items, self.cache, self.stats, self._judge_uncached)
 
+    def module(self) -> Any:
+        """The judge's model (loaded if given as a path), frozen: what the training module registers."""
+        model, _ = self.load()
+        return model.eval().requires_grad_(False)
+
+    def complete(self, chats: Sequence[Chat]) -> list[Reply]:
+        """The greedy reply to each chat (``max_new_tokens`` at most), ``batch_size`` chats per ``generate``."""
+        keys = [chat_key("complete", c, max_new_tokens=self.max_new_tokens) for c in chats]
+        return cached_call(chats, keys, self.cache, self.stats, self._complete_uncached)
+
+    def probability(self, chats: Sequence[Chat], yes: str = "Yes", no: str = "No") -> list[Reply]:
+        """``P(yes) / (P(yes) + P(no))`` of each chat's first reply token, from one forward per batch."""
+        keys = [chat_key("probability", c, yes=yes, no=no) for c in chats]
+        return cached_call(chats, keys, self.cache, self.stats, lambda todo: self._readout_uncached(todo, yes, no))
+
+    def render_chat(self, chat: Chat) -> str:
+        """The exact text the model is given for one free chat."""
+        _, tokenizer = self.load()
+        return render_chat(tokenizer, chat, self._use_template)
+
+    def _complete_uncached(self, chats: list[Chat]) -> list[Reply]:
+        prompts = [self.render_chat(c) for c in chats]
+        return batched_replies(
+            prompts, self.batch_size, lambda b: text_replies(self.generate(b)), self.stats, self._warned, "LocalJudge"
+        )
+
+    def _readout_uncached(self, chats: list[Chat], yes: str, no: str) -> list[Reply]:
+        model, tokenizer = self.load()
+        prompts = [self.render_chat(c) for c in chats]
+
+        def run(batch: list[str]) -> list[Reply]:
+            lp = yes_no_logprobs(model, tokenizer, batch, yes, no, add_special_tokens=not self._use_template)
+            return prob_replies(readout_probability(lp))
+
+        return batched_replies(prompts, self.batch_size, run, self.stats, self._warned, "LocalJudge readout")
+
     def render(self, item: JudgeItem) -> str:
         """The exact text the model is given for one item."""
         _, tokenizer = self.load()
@@ -138,18 +203,5 @@ class LocalJudge:
 
     def generate(self, prompts: list[str]) -> list[str]:
         """Greedy continuations of ``prompts`` (one batch, left-padded), new tokens only, special tokens skipped."""
-        import torch
-
         model, tokenizer = self.load()
-        encoded = tokenizer(
-            prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=not self._use_template
-        ).to(model.device)
-        with torch.inference_mode():
-            out = model.generate(
-                **encoded,
-                do_sample=False,
-                max_new_tokens=self.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new = out[:, encoded["input_ids"].shape[1] :]
-        return tokenizer.batch_decode(new, skip_special_tokens=True)
+        return greedy_generate(model, tokenizer, prompts, self.max_new_tokens, not self._use_template)

@@ -26,6 +26,7 @@ import torch
 
 from vrl.data.source import PromptSource, StepTicks
 from vrl.hooks import HookSet, StepContext
+from vrl.lit.attach import attach_models
 from vrl.lit.checkpoint import loop_state, restore_loop_state
 from vrl.lit.context import RunSettings, step_context
 from vrl.lit.dist import gather_objects, reduce_value, refuse_sharded_sampling, world_size
@@ -115,6 +116,7 @@ class RLModule(L.LightningModule):
         # the frozen KL reference (built in setup): a registered submodule, so Lightning puts it on the device and
         # DDP/FSDP see it like the policy; checkpoints leave it out (on_save_checkpoint keeps trainable weights)
         self.reference: torch.nn.Module | None = None
+        self.judges: torch.nn.ModuleDict | None = None  # judges' own models, registered like the reference (attach)
         self.rollout_logger: Callable[[Rollout, int], None] | None = None
 
     # ----------------------------------------------------------------- setup
@@ -133,6 +135,9 @@ class RLModule(L.LightningModule):
         needs_ref = (self.objective.kl is not None and self.objective.kl.coef > 0) or self.hooks.needs_reference
         if needs_ref and self.reference is None and not getattr(self.vlm, "is_lora", False):
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)  # LoRA: the adapter-off policy
+        if self.judges is None:  # judges' models (in rewards, hooks, advantage) join the module; policy judges bind
+            roots = {"reward": self.reward, "hooks": self.hooks, "advantage": self.advantage}
+            self.judges = attach_models(roots, self.vlm)
 
     def on_fit_start(self) -> None:
         self.policy.train()
@@ -183,9 +188,12 @@ class RLModule(L.LightningModule):
         self.score_passes(rollout, ctx)
         groups, mask = rollout.advantage_groups(), rollout.response_mask
         extra = advantage_inputs(self.advantage, rollout, self.reward)  # reward components, for multi-reward options
+        if getattr(self.advantage, "uses_rollout", False):  # token-level estimators reading spans (Vision-SR1 v2)
+            extra["rollout"] = rollout
         rollout.advantages = self.advantage(rollout.rewards, groups, mask, **extra).to(self.device)
         if (factor := self.hooks.advantage_factor(rollout, ctx)) is not None:  # H8
-            rollout.advantages = rollout.advantages * factor.to(rollout.advantages)
+            factor = factor.to(rollout.advantages)
+            rollout.advantages = rollout.advantages * (factor[:, None] if rollout.advantages.dim() == 2 else factor)
         rollout.loss_mask, rollout.norm_mask = self.hooks.token_weights(rollout, ctx)  # H9
         totals, losses, grad_norms = ppo_update(self, rollout, ctx)
         scalars = {**self._sampling_stats, **self._step_metrics, **self.reward.pop_stats()}
