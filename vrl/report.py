@@ -266,8 +266,11 @@ def _draw(ax: Any, runs: list[Run], metric: str, groups: list[str], colours: dic
     ax.legend(fontsize=8)
 
 
-def write_html(out: Path, title: str, groups: dict[str, Any], metrics: list[str], images: list[Path]) -> Path:
-    """``index.html``: the overview picture, the final-metric table and the per-metric pictures."""
+def write_html(
+    out: Path, title: str, groups: dict[str, Any], metrics: list[str], images: list[Path], compared: dict | None = None
+) -> Path:
+    """``index.html``: the overview picture, the final-metric table, the paired comparisons and the per-metric
+    pictures."""
     cols = [*metrics, STEP_TIME]
     head = "".join(f"<th>{html.escape(m)}</th>" for m in cols)
     rows = []
@@ -289,11 +292,36 @@ img{{max-width:100%}} .small img{{width:32%}}</style></head><body>
 mean of the last 10% of steps of a training metric; step time: median seconds per step. Cells: mean &plusmn; std
 over seeds, then each seed's value.</p>
 <img src="{images[0].name}" alt="curves"><h2>Final metrics</h2>
-<table><tr><th>configuration</th>{head}</tr>{"".join(rows)}</table>
+<table><tr><th>configuration</th>{head}</tr>{"".join(rows)}</table>{_compared_html(compared)}
 <h2>Each metric</h2><div class="small">{pictures}</div></body></html>"""
     path = out / "index.html"
     path.write_text(page)
     return path
+
+
+def _paired_tables(runs: list[Run], metrics: list[str], baseline: str | None) -> dict[str, Any]:
+    """Per metric: every group paired seed by seed against ``baseline`` at the runs' common step (``vrl.stats``)."""
+    from vrl.stats import compare_runs, markdown_tables
+
+    out = {}
+    for metric in metrics:
+        try:
+            res = compare_runs([(r.group, r.seed, r.history.get(metric, [])) for r in runs], baseline)
+        except ValueError as err:  # no shared step, or an unknown baseline: say so in the report
+            out[metric] = {"error": str(err)}
+            continue
+        if res is not None:
+            out[metric] = {**res, "markdown": markdown_tables(res, metric)}
+    return out
+
+
+def _compared_html(compared: dict | None) -> str:
+    parts = []
+    for metric, res in (compared or {}).items():
+        text = res.get("markdown") or res.get("error", "")
+        at = f" at step {res['step']}" if "step" in res else ""
+        parts.append(f"<h2>Paired by seed: {html.escape(metric)}{at}</h2><pre>{html.escape(text)}</pre>")
+    return "".join(parts)
 
 
 def _fmt(value: float) -> str:
@@ -301,8 +329,11 @@ def _fmt(value: float) -> str:
 
 
 # ----------------------------------------------------------------- entry point
-def report(runs: list[Run], out: Path, title: str, metrics: list[str] | None = None) -> dict[str, Any]:
-    """Write the report of ``runs`` into ``out``; returns the summary (also ``report.json``)."""
+def report(
+    runs: list[Run], out: Path, title: str, metrics: list[str] | None = None, baseline: str | None = None
+) -> dict[str, Any]:
+    """Write the report of ``runs`` into ``out``; returns the summary (also ``report.json``). ``baseline``: the group
+    every other group is paired against, seed by seed (``vrl.stats``; default: the first group by name)."""
     if not runs:
         raise SystemExit("[vrl] report: no runs with metrics to report")
     label_groups(runs)
@@ -312,8 +343,9 @@ def report(runs: list[Run], out: Path, title: str, metrics: list[str] | None = N
     images = plot(runs, metrics, out)
     table_metrics = metrics[:4]
     groups = summarise(runs, table_metrics)
-    write_html(out, title, groups, table_metrics, images)
-    summary = {"title": title, "metrics": table_metrics, "groups": groups}
+    compared = _paired_tables(runs, table_metrics[:1], baseline)
+    write_html(out, title, groups, table_metrics, images, compared)
+    summary = {"title": title, "metrics": table_metrics, "groups": groups, "comparisons": compared}
     (out / "report.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
@@ -337,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow store (default: the jobs' own; sqlite:///mlflow.db)")
     parser.add_argument("--sweep", help="with an experiment: the sweep (end of its folder, e.g. 2026-12-05/18-10-36)")
     parser.add_argument("--metrics", help=f"comma-separated metrics to plot (default: {','.join(METRICS)})")
+    parser.add_argument("--baseline", help="the group the others are paired against (default: the first by name)")
     args = parser.parse_args(argv)
     metrics = args.metrics.split(",") if args.metrics else None
     source = Path(args.source)
@@ -352,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         uri = resolve_tracking_uri(args.tracking_uri or "sqlite:///mlflow.db")
         runs = read_mlflow_experiment(args.source, uri, args.sweep)
         out, title = args.out or Path("report"), f"experiment {args.source}"
-    summary = report(runs, out, title, metrics)
+    summary = report(runs, out, title, metrics, args.baseline)
     parent = attach_to_parent(runs, out, uri)
     print(f"[vrl] report: {len(runs)} runs in {len(summary['groups'])} groups -> {(out / 'index.html').resolve()}")
     if parent:
