@@ -197,6 +197,7 @@ class RLModule(L.LightningModule):
         rollout.loss_mask, rollout.norm_mask = self.hooks.token_weights(rollout, ctx)  # H9
         totals, losses, grad_norms = ppo_update(self, rollout, ctx)
         scalars = {**self._sampling_stats, **self._step_metrics, **self.reward.pop_stats()}
+        scalars |= getattr(self.sampler, "pop_stats", dict)()  # a sampler's own metrics (multi-turn: tools/*)
         scalars |= perf_metrics(rollout, time.perf_counter() - t0, t_rollout)
         metrics = global_metrics(self, scalars, rollout_columns(rollout.main(), self.sampler.max_new_tokens), totals)
         metrics |= update_metrics(metrics.pop("_totals"), losses, grad_norms)
