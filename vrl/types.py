@@ -39,7 +39,9 @@ class Rollout:
         input_ids: [N, P+L] prompt (left-padded) followed by response (right-padded).
         attention_mask: [N, P+L] 1 on real tokens.
         response_mask: [N, L] 1.0 on valid response tokens (up to and including EOS). This is the
-            *normalisation* mask: loss aggregation divides by it.
+            *normalisation* mask: loss aggregation divides by it. In a multi-turn rollout
+            (``vrl.sampler.multi_turn``) it marks the policy's tokens only: tool observations inside the response
+            region are attended (``attention_mask``) but carry no loss, KL or entropy term and no normaliser weight.
         pixel_values: [sum of patches over the N sequences' images, D] processor output.
         image_grid_thw: [total images, 3] patch grid per image.
         images_per_seq: [N] number of images each sequence carries (to slice the vision tensors).
