@@ -52,6 +52,17 @@ def greedy_chat(model, tokenizer, messages: list[dict], max_tokens: int) -> str:
     return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+def first_token_logprobs(model, tokenizer, messages: list[dict]) -> list[tuple[str, float]]:
+    """Every vocabulary token's log-probability as the reply's first token, most likely first (what an OpenAI
+    server's ``top_logprobs`` lists, uncut)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        lp = torch.log_softmax(model(**ids).logits[0, -1].float(), dim=-1)
+    order = torch.argsort(lp, descending=True).tolist()
+    return [(tokenizer.decode([i]), float(lp[i])) for i in order]
+
+
 class ChatServer:
     """``with ChatServer(model, tokenizer) as server: HTTPJudge(server.url, ...)``.
 
@@ -63,6 +74,7 @@ class ChatServer:
             requests overlap and the in-flight count is meaningful).
         delay_requests: how many of the first requests are delayed; None delays every request.
         reply: a fixed reply text instead of the model's.
+        logprobs: fixed ``top_logprobs`` pairs instead of the model's (for requests with ``logprobs: true``).
     """
 
     def __init__(
@@ -74,9 +86,11 @@ class ChatServer:
         delay_s: float = 0.0,
         delay_requests: int | None = None,
         reply: str | None = None,
+        logprobs: list[tuple[str, float]] | None = None,
     ) -> None:
         self.model, self.tokenizer, self.max_tokens_cap = model, tokenizer, max_tokens_cap
         self.fail_first, self.delay_s, self.delay_requests, self.reply = fail_first, delay_s, delay_requests, reply
+        self.logprobs = logprobs
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
         self.in_flight = self.max_in_flight = self.requests = 0
@@ -102,6 +116,14 @@ class ChatServer:
             return greedy_chat(
                 self.model, self.tokenizer, body["messages"], min(body["max_tokens"], self.max_tokens_cap)
             )
+
+    def _top_logprobs(self, body: dict) -> list[dict]:
+        if self.logprobs is not None:
+            pairs = self.logprobs
+        else:
+            with self._model_lock:
+                pairs = first_token_logprobs(self.model, self.tokenizer, body["messages"])
+        return [{"token": t, "logprob": lp} for t, lp in pairs[: body.get("top_logprobs", 0)]]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -137,6 +159,10 @@ class ChatServer:
                 content = server._answer(body)
                 message = {"role": "assistant", "content": content}
                 choice = {"index": 0, "message": message, "finish_reason": "length"}
+                if body.get("logprobs"):
+                    top = server._top_logprobs(body)
+                    first = {"token": top[0]["token"] if top else "", "logprob": 0.0, "top_logprobs": top}
+                    choice["logprobs"] = {"content": [first]}
                 self._send(200, {"object": "chat.completion", "model": body["model"], "choices": [choice]})
 
             def _send(self, code: int, payload: dict) -> None:

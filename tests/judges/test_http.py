@@ -121,3 +121,54 @@ def test_unreachable_server_and_client_errors(serve, prompt):
         (verdict,) = judge.judge(ITEMS[:1])
     assert not verdict.ok and "HTTP 404" in verdict.error
     assert server.requests == 1 and judge.stats.retries == 0 and judge.stats.request_failures == 1
+
+
+# ----------------------------------------------------------------- free chats and probability readouts
+CHATS = [
+    [{"role": "system", "content": "Answer Yes or No."}, {"role": "user", "content": f"Is the circle red? ({k})"}]
+    for k in range(3)
+]
+
+
+def test_probability_readout_equals_a_direct_forward(serve, tiny_lm, server_module):
+    import torch
+
+    model, tokenizer = tiny_lm
+    with serve() as server:
+        judge = HTTPJudge(server.url, "m", {"system": "s"}, top_logprobs=len(tokenizer), **FAST)
+        replies = judge.probability(CHATS)
+    assert server.bodies[0]["max_tokens"] == 1 and server.bodies[0]["logprobs"] is True
+    for chat, reply in zip(CHATS, replies):
+        lp = dict(server_module.first_token_logprobs(model, tokenizer, chat))  # every token: Yes and No included
+        expected = 1 / (1 + torch.exp(torch.tensor(lp["No"] - lp["Yes"], dtype=torch.float64)))
+        assert reply.ok and reply.text is None and reply.prob == pytest.approx(float(expected), abs=1e-12)
+    assert judge.stats.calls == 3 and judge.probability(CHATS[:1]) == replies[:1] and server.requests == 3  # cached
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        ([("Yes", -0.5), (" Yes", -0.7), ("No", -1.5)], 1 / (1 + 2.718281828459045**-1.0)),  # sigma(-0.5 + 1.5)
+        ([("Yes", -0.1), ("Maybe", -2.0)], 1.0),  # no "No" among the alternatives: P(No) counts as 0
+        ([("Maybe", -0.1), ("No", -2.0)], 0.0),
+        ([("Maybe", -0.1)], 0.0),  # neither: 0, as PaCo-Reward
+    ],
+)
+def test_readout_from_top_logprobs(serve, pairs, expected):
+    with serve(logprobs=pairs) as server:
+        (reply,) = HTTPJudge(server.url, "m", {"system": "s"}, **FAST).probability(CHATS[:1])
+    assert server.bodies[0]["top_logprobs"] == 20 and reply.ok
+    assert reply.prob == pytest.approx(expected, abs=1e-12)
+
+
+def test_complete_returns_text_and_contains_failures(serve):
+    with serve(reply="The answer is \\boxed{red}.") as server:
+        judge = HTTPJudge(server.url, "m", {"system": "s"}, max_tokens=7, **FAST)
+        replies = judge.complete(CHATS[:2] + CHATS[:1])  # a repeat is asked once
+    assert [r.text for r in replies] == ["The answer is \\boxed{red}."] * 3 and server.requests == 2
+    assert server.bodies[0]["max_tokens"] == 7 and server.bodies[0]["messages"] in CHATS
+    with serve(fail_first=100) as server:
+        judge = HTTPJudge(server.url, "m", {"system": "s"}, retries=1, **FAST)
+        (reply,) = judge.complete(CHATS[:1])
+    assert not reply.ok and reply.text is None and reply.transient and "HTTP 500" in reply.error
+    assert judge.stats.request_failures == 1 and judge.stats.retries == 1 and len(judge.cache) == 0

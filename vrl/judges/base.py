@@ -279,12 +279,13 @@ def yes_probability(
 
     Args:
         logprobs: (token text, log-probability) pairs, most likely first (an OpenAI ``top_logprobs`` list), or
-            a mapping; tokens are compared after stripping whitespace and the first occurrence wins.
+            a mapping. Tokens are compared exactly (``" Yes"`` is another token than ``"Yes"``), as the local
+            backends read the first token of ``yes``, so the HTTP and local readouts of one model agree.
     """
     pairs = logprobs.items() if isinstance(logprobs, Mapping) else logprobs
     seen: dict[str, float] = {}
     for token, lp in pairs:
-        seen.setdefault(token.strip(), float(lp))
+        seen.setdefault(token, float(lp))
     lp_yes, lp_no = seen.get(yes), seen.get(no)
     if lp_yes is None:
         return 0.0

@@ -66,14 +66,18 @@ class PolicyJudge:
         self._vlm = vlm
 
     @property
-    def model(self) -> Any:
+    def vlm(self) -> Any:
         if self._vlm is None:
             raise RuntimeError("PolicyJudge is not bound to a policy (the training module binds it at setup)")
-        return self._vlm.model
+        return self._vlm
+
+    @property
+    def model(self) -> Any:
+        return self.vlm.model
 
     @property
     def tokenizer(self) -> Any:
-        return self._vlm.processor.tokenizer
+        return self.vlm.processor.tokenizer
 
     def render_chat(self, chat: Chat) -> str:
         """The exact text the policy is given for one chat (its tokenizer's chat template)."""
