@@ -154,6 +154,11 @@ class RLModule(L.LightningModule):
         rows = [dict(self.val_data[i]) for i in range(len(self.val_data))]
         return torch.utils.data.DataLoader(rows, batch_size=self.val_batch_size, collate_fn=list)
 
+    def configure_callbacks(self):
+        """Callbacks the sampler brings: a rollout server's weight push and prefetch pacing
+        (``vrl.sampler.weight_sync.ServerSync``); none for the HF sampler."""
+        return list(getattr(self.sampler, "callbacks", list)())
+
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if not params:
