@@ -107,6 +107,7 @@ class OpenAIServerSampler:
         self.version = 0  # the weight version the server holds (optimizer steps); set by ServerSync
         self.calls = 0  # sampled generate calls since the version was set (seeds per call)
         self.prefetch = Prefetch()
+        self.staleness = 0  # weight versions between the last rollout's generation and its use
         self.source = None  # () -> the loop's prompt stream (set by ServerSync; the prefetch peeks at it)
 
     def callbacks(self) -> list:
@@ -118,6 +119,17 @@ class OpenAIServerSampler:
     def set_version(self, version: int) -> None:
         self.version, self.calls = version, 0
 
+    def pop_stats(self) -> dict[str, float]:
+        """This step's ``rollout_server/*`` metrics (the loop merges them into the step's): the weight version the
+        server held, and with ``max_staleness`` set the staleness of the step's rollout (0 when generated now) and
+        the prefetches used and dropped so far."""
+        out = {"rollout_server/weight_version": float(self.version)}
+        if self.max_staleness is not None:
+            out["rollout_server/staleness"] = float(self.staleness)
+            out["rollout_server/prefetch_hits"] = float(self.prefetch.hits)
+            out["rollout_server/prefetch_misses"] = float(self.prefetch.misses)
+        return out
+
     # ------------------------------------------------------------------ generation
     def generate(self, vlm, samples: list[dict], group_size: int | None = None, greedy: bool = False) -> Rollout:
         """G responses for each of the B rows (sequences of one row adjacent), as ``HFSampler.generate``."""
@@ -127,6 +139,7 @@ class OpenAIServerSampler:
         rollout = None
         if self.max_staleness is not None:
             rollout = self.prefetch.take(prompt_key(self, samples, g), self.version, self.max_staleness)
+        self.staleness = 0 if rollout is None else self.prefetch.staleness
         if rollout is None:
             rollout = self.generate_now(vlm, samples, g, False, self.next_seeds(len(samples)))
         if self.max_staleness:  # >= 1: the next batch starts now, on the weights the server holds

@@ -133,8 +133,7 @@ class ServerSync(Callback):
     which also serves a resumed run's restored adapter), and paces the prefetch (``vrl.sampler.prefetch``).
 
     Only rank 0 writes and pushes under DDP; the other ranks wait at a barrier and name the same version.
-    Logs ``rollout_server/weight_version`` and, with ``max_staleness`` set, ``rollout_server/staleness`` (of
-    the last prefetched rollout used), ``rollout_server/prefetch_hits`` and ``rollout_server/prefetch_misses``.
+    (The sampler reports its ``rollout_server/*`` metrics itself: ``OpenAIServerSampler.pop_stats``.)
     """
 
     def __init__(self, sampler: Any) -> None:
@@ -155,13 +154,6 @@ class ServerSync(Callback):
             s.prefetch.wait()  # a running prefetch finishes on the version it started with
             self._sync(trainer, pl_module)
         self._prefetch_fresh(pl_module)
-        metrics = {"rollout_server/weight_version": float(s.version)}
-        if s.max_staleness is not None:
-            metrics |= {"rollout_server/prefetch_hits": float(s.prefetch.hits)}
-            metrics |= {"rollout_server/prefetch_misses": float(s.prefetch.misses)}
-            if s.prefetch.staleness is not None:
-                metrics["rollout_server/staleness"] = float(s.prefetch.staleness)
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.sampler.prefetch.close()
