@@ -32,7 +32,7 @@ from vrl.lit.context import RunSettings, step_context
 from vrl.lit.dist import gather_objects, reduce_value, refuse_sharded_sampling, world_size
 from vrl.lit.guard import StepGuard
 from vrl.lit.loss import Objective
-from vrl.lit.metrics import global_metrics, perf_metrics, rollout_columns, update_metrics
+from vrl.lit.metrics import global_metrics, log_step, perf_metrics, rollout_columns, update_metrics
 from vrl.lit.optimize import minibatches, ppo_update, replaced_update
 from vrl.methods.advantage import Advantage
 from vrl.methods.multi_reward import advantage_inputs
@@ -175,18 +175,18 @@ class RLModule(L.LightningModule):
         self.settings.apply([], self)  # the run's own settings, which stage hooks see and override
         if self.settings.apply(self.hooks.on_step_start(self.context()), self):  # H1: a stage ended the run
             self.trainer.should_stop = True
-            self.log_dict(self._step_metrics | {"curriculum/done": 1.0}, on_step=True)
+            log_step(self, self._step_metrics | {"curriculum/done": 1.0})
             return
         ctx = self.context()  # with this step's stage settings
         if (pairs := self.hooks.replace_step(ctx)) is not None:  # H11: e.g. an SFT or a DPO stage's step
-            self.log_dict(global_metrics(self, self._step_metrics | replaced_update(self, pairs)), on_step=True)
+            log_step(self, global_metrics(self, self._step_metrics | replaced_update(self, pairs)))
             return
         rollout = self.make_rollout(ctx)
         t_rollout = time.perf_counter() - t0
         # every prompt gated or every group filtered out (under DDP: on any rank, so that all ranks skip together)
         if reduce_value(self, 0 if rollout is None else rollout.num_sequences, "min") == 0:
-            self.log_dict(global_metrics(self, {**self._sampling_stats, **self._step_metrics}), on_step=True)
-            self.log("train/empty_steps", 1.0, on_step=True)
+            empty = global_metrics(self, {**self._sampling_stats, **self._step_metrics})
+            log_step(self, empty | {"train/empty_steps": 1.0})
             self.guard.empty(self, self._sampling_stats["rollout/generate_calls"])
             return
         self.guard.empty_steps = 0
@@ -207,10 +207,8 @@ class RLModule(L.LightningModule):
         metrics = global_metrics(self, scalars, rollout_columns(rollout.main(), self.sampler.max_new_tokens), totals)
         metrics |= update_metrics(metrics.pop("_totals"), losses, grad_norms)
         metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rollout.num_sequences)
-        self.log("reward", metrics["rollout/reward_mean"], prog_bar=True, logger=False)
-        if "train/loss" in metrics:
-            self.log("loss", metrics["train/loss"], prog_bar=True, logger=False)
+        shown = {"reward": metrics["rollout/reward_mean"], "loss": metrics.get("train/loss")}
+        log_step(self, metrics, prog_bar={k: v for k, v in shown.items() if v is not None})
         logs_table = self.log_rollouts_every and ctx.step % self.log_rollouts_every == 0
         if self.rollout_logger and logs_table and self.global_rank == 0:
             self.rollout_logger(rollout, ctx.step)
