@@ -28,6 +28,11 @@ ARMS = {
     "vppo_paired": ["+method=vppo", *NO_FILTER],
     "vppo_two_passes": ["+method=vppo", "hooks.vppo.paired_pass=false", *NO_FILTER],
     "pearl": ["+method=pearl", *NO_FILTER, *TINY_PROBES],
+    # old log-probs from generate (sampler.logprobs=true): no teacher-forced old pass; VPPO scores the perturbed
+    # images only, and with mask_scope=group the G copies share one perturbed image (encoded once)
+    "grpo_sampler_lp": ["sampler.logprobs=true"],
+    "vppo_sampler_lp": ["+method=vppo", "sampler.logprobs=true", *NO_FILTER],
+    "vppo_sampler_lp_group": ["+method=vppo", "sampler.logprobs=true", "hooks.vppo.mask_scope=group", *NO_FILTER],
 }
 
 
@@ -35,7 +40,7 @@ def run_arm(name: str, rep: int, args, uri: str) -> None:
     overrides = [*ARMS[name], "experiment=color_words", f"trainer.max_steps={args.steps}",
                  "trainer.limit_val_batches=0", f"logger.tracking_uri={uri}", "logger.experiment_name=overhead",
                  f"run_name={name}-r{rep}", "save_policy=false", "trainer.enable_progress_bar=false",
-                 "update.log_rollouts_every=0"]  # fmt: skip
+                 "update.log_rollouts_every=0", "callbacks.image_use=null"]  # fmt: skip
     out = subprocess.run([sys.executable, "-m", "vrl", *overrides], cwd=args.workdir, capture_output=True, text=True)
     if out.returncode != 0:
         print(out.stderr[-3000:], file=sys.stderr)

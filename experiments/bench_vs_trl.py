@@ -195,6 +195,7 @@ def vrl_overrides(model_dir: str, out_dir: str, b: int, g: int, length: int, max
         "kernels=torch",
         f"seed={SEED}",
         "++ckpt_every=100000000",  # no checkpoint inside the timed steps
+        "callbacks.image_use=null",  # vrl's image-use diagnostics: TRL has none, so neither side pays for them
     ]
 
 
