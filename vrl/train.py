@@ -175,11 +175,16 @@ def _sweep_tags() -> dict[str, str]:
 
 def main() -> None:
     """``python -m vrl`` / ``vrl``: one-line errors for unknown group options, then Hydra (``_hydra_main``);
-    ``vrl report ...`` writes a sweep report (``vrl.report``)."""
+    ``vrl report ...`` writes a sweep report (``vrl.report``); ``vrl eval ...`` evaluates a policy
+    (``vrl.evaluate``)."""
     if sys.argv[1:2] == ["report"]:  # `vrl report <multirun dir | MLflow experiment>`: vrl/report.py
         from vrl.report import main as report
 
         sys.exit(report(sys.argv[2:]))
+    if sys.argv[1:2] == ["eval"]:  # `vrl eval [policy] [overrides]`: vrl/evaluate.py
+        from vrl.evaluate import main as evaluate
+
+        sys.exit(evaluate(sys.argv[2:]))
     from vrl.cli import check_group_overrides, check_plugins
     from vrl.errors import ConfigError
 
