@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 
 #: How an answer is verified (see ``vrl.rewards.accuracy``).
-ANSWER_TYPES = ("text", "number", "choice", "yesno", "bbox", "math")
+ANSWER_TYPES = ("text", "number", "choice", "yesno", "bbox", "math", "detection")
 
 #: Per-sequence vision tensors the Qwen-VL family takes; sliced per sequence by ``Rollout.select``.
 VISION_KEYS = ("pixel_values", "image_grid_thw")

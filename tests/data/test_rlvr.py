@@ -90,6 +90,16 @@ def test_jsonl_maps_schema_and_keeps_extra_columns(tmp_path):
     assert LOAD_ERRORS_KEY not in meta(row)
 
 
+def test_detection_answers_are_box_lists_the_preflight_accepts(tmp_path):
+    from vrl.rewards.accuracy import gold_problem
+
+    rows = [{"problem": "<image>Find every car.", "answer": [[1, 2, 3, 4], [5, 6, 7, 8]], "images": ["a.png"]}]
+    save_png(tmp_path / "a.png")
+    ds = load_rlvr(str(write_jsonl(tmp_path / "d.jsonl", rows)), answer_type="detection")
+    assert ds[0]["answer"] == "[[1, 2, 3, 4], [5, 6, 7, 8]]" and ds[0]["answer_type"] == "detection"
+    assert LOAD_ERRORS_KEY not in meta(ds[0]) and gold_problem(ds[0]["answer"], "detection") is None
+
+
 def test_images_are_stored_as_paths_and_decoded_only_on_access(tmp_path):
     save_png(tmp_path / "a.png")
     ds = load_rlvr(str(write_jsonl(tmp_path / "d.jsonl", [{"problem": "q", "answer": "a", "images": ["a.png"]}])))

@@ -77,6 +77,23 @@ def test_bbox_accuracy_thresholds_iou():
     assert Accuracy(bbox_frame="norm1000")(["[0, 0, 10, 20]"], [sample]) == [1.0]
 
 
+def test_detection_accuracy_needs_every_box_paired_and_none_left_over():
+    image = Image.new("RGB", (200, 100))
+    sample = row("[[0, 0, 2, 2], [10, 10, 20, 20]]", "detection", images=[image])
+    responses = [
+        "[[10, 10, 20, 20], [0, 0, 2, 2]]",  # order is free: 1
+        "[[0, 0, 2, 2]]",  # one box missing: 0
+        "[[0, 0, 2, 1], [10, 10, 20, 20]]",  # [0,0,2,1] vs [0,0,2,2]: inter 2, union 4, IoU 0.5 >= 0.5: 1
+        "[[0, 0, 2, 2], [10, 10, 20, 20], [50, 50, 60, 60]]",  # one box too many: 0
+        '<answer>[{"Position": [0, 0, 2, 2], "Confidence": 0.9}, {"Position": [10, 10, 20, 20]}]</answer>',  # 1
+        "No Objects",  # 0
+    ]
+    assert Accuracy()(responses, [sample] * 6) == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert Accuracy(bbox_iou_threshold=0.6)([responses[2]], [sample]) == [0.0]  # IoU 0.5 < 0.6
+    empty = row("No Objects", "detection")
+    assert Accuracy()(["No Objects", "[]", "[[0, 0, 2, 2]]"], [empty] * 3) == [1.0, 1.0, 0.0]
+
+
 def test_math_verify_equivalence():
     assert scores(["0.5", "\\boxed{\\frac{1}{2}}", "1/2", "\\frac{1}{3}"], "\\frac{1}{2}", "math") == [
         1,
@@ -142,6 +159,11 @@ GOLDS = [
     ("\\infty", "math", True),
     ("\u221e", "math", False),  # the infinity sign: math-verify 0.9 does not read it, and it is no word or number
     ("?", "math", False),
+    ("[[1, 2, 3, 4], [5, 6, 7, 8]]", "detection", True),
+    ("No Objects", "detection", True),
+    ('[{"Position": [1, 2, 3, 4], "Confidence": 1}]', "detection", True),
+    ("[[1, 2, 3]]", "detection", False),
+    ("three boxes", "detection", False),
 ]
 
 

@@ -361,6 +361,8 @@ def _answer_text(answer: Any, answer_type: str) -> tuple[str | None, tuple[str, 
         return None, (BAD_ANSWER, f"answer is {answer}")
     if isinstance(answer, (list, tuple)) and answer_type == "bbox" and all(_is_number(v) for v in answer):
         return "[" + ", ".join(str(v) for v in answer) + "]", None
+    if isinstance(answer, (list, tuple)) and answer_type == "detection":
+        return json.dumps(answer), None  # a box list; the preflight checks it parses
     if isinstance(answer, (list, tuple, dict)):
         shown = json.dumps(answer, default=str)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."

@@ -10,6 +10,8 @@ number     last (or first) number in the span is within tolerance of the answer
 text       normalised exact match (case, punctuation, articles, whitespace; optional synonyms)
 bbox       IoU with the ground-truth box (original pixels) >= ``bbox_iou_threshold``
 math       math-verify ``verify(parse(gold), parse(pred))``; numeric, then text, when parsing fails
+detection  a box list (or ``No Objects``) matching the ground truth's one-to-one, each pair at IoU >= the
+           ``bbox_iou_threshold`` (optimal matching), no box left over on either side
 =========  ==========================================================================================
 
 Model output is only matched with regular expressions or parsed by math-verify (which builds sympy
@@ -43,6 +45,8 @@ from typing import Any
 
 from vrl.types import ANSWER_TYPES
 
+from .box_match import iou_matrix, match_hungarian
+from .box_parse import parse_gold_boxes
 from .extract import (
     AnswerExtractor,
     normalize_text,
@@ -68,6 +72,7 @@ _EXPECTED = {
     "number": "a number",
     "text": "a letter or digit",
     "bbox": "four numbers [x1, y1, x2, y2]",
+    "detection": "a JSON list of [x1, y1, x2, y2] boxes (or Visual-RFT Position entries), or No Objects",
 }
 
 
@@ -87,6 +92,8 @@ def parse_gold(answer: str, answer_type: str, synonyms: Mapping[str, str] | None
         return normalize_text(answer, synonyms) or None
     if answer_type == "bbox":
         return parse_box(answer)
+    if answer_type == "detection":
+        return parse_gold_boxes(answer)  # [] for No Objects: not None, so a readable ground truth
     raise ValueError(f"parse_gold: no plain parser for answer_type {answer_type!r}")
 
 
@@ -132,7 +139,8 @@ class Accuracy:
             exact letter set. ``True``: score the Jaccard overlap ``|P & G| / |P | G|``, which pays for
             partly right sets but penalises extra letters, so listing every option does not pay.
         bbox_iou_threshold: A "bbox" answer is correct when IoU with the ground truth is at least this.
-            0.5 is the usual detection criterion (PASCAL VOC, RefCOCO accuracy@0.5).
+            0.5 is the usual detection criterion (PASCAL VOC, RefCOCO accuracy@0.5). A "detection" answer needs
+            every box paired at least this well.
         bbox_frame: Coordinate frame the model writes boxes in: ``"pixel"``, ``"model"`` or
             ``"norm1000"`` (see :func:`vrl.rewards.iou.to_pixel_box`). Keep it equal to any ``BoxIoU``
             term's ``frame``.
@@ -184,6 +192,7 @@ class Accuracy:
             "text": self._text,
             "bbox": self._bbox,
             "math": self._math,
+            "detection": self._detection,
         }
         assert set(self._checkers) == set(ANSWER_TYPES), "every answer type needs a checker"
         self._pool: WorkerPool | None = None  # math checks from threads other than the main one
@@ -263,6 +272,16 @@ class Accuracy:
         if box is None:
             return 0.0
         return float(box_iou(to_pixel_box(box, sample, self.bbox_frame), gold) >= self.bbox_iou_threshold)
+
+    def _detection(self, span: str, sample: dict) -> float:
+        gold = self._gold(parse_gold(str(sample["answer"]), "detection"), sample)
+        pred = parse_gold_boxes(span)
+        if pred is None or len(pred) != len(gold):
+            return 0.0
+        pixels = [to_pixel_box(box, sample, self.bbox_frame) for box in pred]
+        # IoU > the float just below the threshold is IoU >= the threshold, as the bbox checker
+        matched = match_hungarian(iou_matrix(pixels, gold), math.nextafter(self.bbox_iou_threshold, -math.inf))
+        return float(sum(1 for m in matched if m > 0) == len(gold))
 
     def _math(self, span: str, sample: dict) -> float:
         gold_text = str(sample["answer"])
