@@ -128,3 +128,24 @@ def test_every_synthetic_task_gets_facts_in_the_tiny_vocabulary(task):
         noun = "object" if graph["kind"] == "shapes" else "bar"
         count = f"there {'is' if n == 1 else 'are'} {n} {noun}{'' if n == 1 else 's'}"
         assert count in annotations_from_scene(meta, max_items=None)
+
+
+def test_constant_facts_are_the_ones_every_row_of_the_task_states():
+    from vrl.data.annotations import constant_facts
+
+    # one object per row: its count is the same fact on every row; which colour / shape it has varies
+    assert constant_facts("single_color") == {"there is 1 object"}
+    assert constant_facts("half") == {"there is 1 object"}  # a testbed task
+    assert constant_facts("spatial", 1) == {"there are 2 objects"}  # difficulty 1: max(2, 1..2) objects = 2
+    assert constant_facts("chart", 1) == {"there are 3 bars"}  # difficulty 1: three bars
+    assert constant_facts("count", 1) == frozenset()  # 1 or 2 objects: the count is information
+    assert constant_facts("classify") == frozenset()  # not a generated task: nothing is known constant
+
+
+def test_sample_annotations_can_drop_the_constant_count():
+    scene = Scene(56, 56, (SceneObject("circle", "green", "large", 28, 28, 20),))
+    meta = json.dumps({"scene": scene.to_dict(), "task": "single_color", "difficulty": 1})
+    assert sample_annotations({"meta": meta}) == ("there is 1 object", "the circle is green")
+    assert sample_annotations({"meta": meta}, drop_constant=True) == ("the circle is green",)
+    no_task = json.dumps({"scene": scene.to_dict()})  # without a task nothing is known to be constant
+    assert sample_annotations({"meta": no_task}, drop_constant=True) == ("there is 1 object", "the circle is green")

@@ -118,3 +118,14 @@ def test_preset_reward_is_the_published_weighted_sum(compose):
     assert total.tolist() == pytest.approx([1.0 + 0.7 * 2 / (2 + EPS), 0.7 / (2 + EPS) - 2 / 3], abs=1e-6)
     assert parts["repetition"].tolist() == pytest.approx([0.0, -2 / 3])
     assert parts["accuracy"].tolist() == [1.0, 0.0] and parts["format"].tolist() == [1.0, 0.0]
+
+
+def test_a_fact_every_row_of_the_task_states_earns_nothing():
+    # a single_color row: "there is 1 object" holds on every row of the task (vrl.data.annotations.constant_facts)
+    meta = json.loads(ONE_CIRCLE) | {"task": "single_color", "difficulty": 1}
+    row = {"meta": json.dumps(meta)}
+    gamed = "There is one object."
+    assert VisualPerception(RuleJudge())([gamed], [row]) == [0.0]  # only "the circle is green" is left to state
+    # with drop_constant_facts=false (the old behaviour): 1 of 2 facts for saying nothing about the image
+    assert VisualPerception(RuleJudge(), drop_constant_facts=False)([gamed], [row]) == pytest.approx([1 / (2 + EPS)])
+    assert VisualPerception(RuleJudge())(["a green circle"], [row]) == pytest.approx([1 / (1 + EPS)])

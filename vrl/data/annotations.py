@@ -59,11 +59,42 @@ def format_visual_key_info(annotations: Sequence[str]) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _annotations_from_meta_json(meta: str, max_items: int | None) -> tuple[str, ...]:
-    return tuple(annotations_from_scene(json.loads(meta), max_items))
+def _annotations_from_meta_json(meta: str, max_items: int | None, drop_constant: bool = False) -> tuple[str, ...]:
+    return tuple(annotations_from_scene(json.loads(meta), max_items, drop_constant))
 
 
-def annotations_from_scene(meta: dict | str, max_items: int | None = 8) -> list[str]:
+#: Scenes sampled per (task, difficulty) to find the facts every row of a task states (:func:`constant_facts`).
+CONSTANT_FACT_SAMPLES = 64
+
+
+@lru_cache(maxsize=256)
+def constant_facts(task: str, difficulty: int = 1, samples: int = CONSTANT_FACT_SAMPLES) -> frozenset[str]:
+    """Scene facts that every sampled row of a synthetic ``task`` states: they say nothing about the image.
+
+    "there is 1 object" holds for every single-object row, so stating it is free reward that needs no look at the
+    image (the issue-6 Perception-R1 run was gamed exactly so). The task's generator (:data:`vrl.data.tasks.TASKS`
+    or :data:`vrl.data.testbed.TESTBED`) draws ``samples`` scenes from fixed seeds and the facts common to all of
+    them are returned; a fact that varies in fewer than 1 row in ``samples`` could be missed, which for the
+    generators here (uniform draws over at most 7 values) does not happen. Unknown tasks (real data, the
+    multi-label classify rows) have none.
+    """
+    from vrl.data.tasks import TASKS, TaskOptions, row_rng
+    from vrl.data.testbed import TESTBED
+
+    if task in TASKS:
+        draw = lambda rng: TASKS[task].make(rng, difficulty, 112, TaskOptions())[0]  # noqa: E731
+    elif task in TESTBED:
+        draw = lambda rng: TESTBED[task](rng, difficulty, 56).scene  # noqa: E731
+    else:
+        return frozenset()
+    common: set[str] | None = None
+    for k in range(samples):
+        facts = set(annotations_from_scene(draw(row_rng("vrl-constant-facts", task, difficulty, k)).to_dict(), None))
+        common = facts if common is None else common & facts
+    return frozenset(common or ())
+
+
+def annotations_from_scene(meta: dict | str, max_items: int | None = 8, drop_constant: bool = False) -> list[str]:
     """Visual facts of a synthetic row, read off its scene graph; facts about the question's target first.
 
     For a shapes scene: the object count; each object's colour (``the triangle is red`` when its shape is
@@ -77,6 +108,8 @@ def annotations_from_scene(meta: dict | str, max_items: int | None = 8) -> list[
     Args:
         meta: the row's ``meta`` (dict or JSON) holding ``scene``; a bare scene dict is accepted too.
         max_items: keep at most this many facts (target facts first); None keeps all.
+        drop_constant: leave out the facts every row of the row's task states (:func:`constant_facts`, read from
+            ``meta``'s ``task`` and ``difficulty``) before ``max_items`` applies.
 
     Returns:
         Facts as lowercase declaratives; empty when ``meta`` has no scene graph.
@@ -90,6 +123,9 @@ def annotations_from_scene(meta: dict | str, max_items: int | None = 8) -> list[
     ranked = _chart_facts(graph, targets) if isinstance(graph, Chart) else _scene_facts(graph, targets)
     ranked.sort(key=lambda r: r[0])  # stable: ties keep their reading order
     facts = list(dict.fromkeys(fact for _, fact in ranked))
+    if drop_constant and isinstance(meta.get("task"), str):
+        constant = constant_facts(meta["task"], int(meta.get("difficulty") or 1))
+        facts = [f for f in facts if f not in constant]
     return facts if max_items is None else facts[:max_items]
 
 
@@ -139,7 +175,9 @@ def _chart_facts(chart: Chart, targets: set[str]) -> list[tuple[int, str]]:
     return out
 
 
-def sample_annotations(sample: dict, key: str = VISUAL_KEY_INFO, max_items: int | None = 8) -> tuple[str, ...]:
+def sample_annotations(
+    sample: dict, key: str = VISUAL_KEY_INFO, max_items: int | None = 8, drop_constant: bool = False
+) -> tuple[str, ...]:
     """The annotations a row is judged against.
 
     A row that has the ``key`` column uses it, even when it is empty: a published row without key info
@@ -151,6 +189,7 @@ def sample_annotations(sample: dict, key: str = VISUAL_KEY_INFO, max_items: int 
         key: the column holding ``<infoK>`` annotations.
         max_items: cap on scene-graph facts (:func:`annotations_from_scene`); published annotations are
             never cut, since they were extracted to be complete.
+        drop_constant: leave out scene-graph facts that hold for every row of the task (:func:`constant_facts`).
 
     Returns:
         m >= 0 annotations.
@@ -159,7 +198,7 @@ def sample_annotations(sample: dict, key: str = VISUAL_KEY_INFO, max_items: int 
         return tuple(parse_visual_key_info(sample[key]))
     meta = sample.get("meta")
     if isinstance(meta, str) and meta:
-        return _annotations_from_meta_json(meta, max_items)
+        return _annotations_from_meta_json(meta, max_items, drop_constant)
     if isinstance(meta, dict):
-        return tuple(annotations_from_scene(meta, max_items))
+        return tuple(annotations_from_scene(meta, max_items, drop_constant))
     return ()

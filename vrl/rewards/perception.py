@@ -41,6 +41,9 @@ class VisualPerception:
         annotation_key: the column holding ``<infoK>`` annotations on real rows (the published
             ``visual_key_info``); rows without it fall back to their scene graph.
         max_scene_annotations: at most this many facts from a scene graph (target facts first); None: all.
+        drop_constant_facts: leave out scene-graph facts that every row of the row's task states ("there is 1
+            object" on a single-object task): they are reward for nothing visual (``vrl.data.annotations.
+            constant_facts``). Published annotations (the ``annotation_key`` column) are never filtered.
         name: key under which the reward set logs this term.
     """
 
@@ -52,6 +55,7 @@ class VisualPerception:
         failure_value: float = 0.0,
         annotation_key: str = "visual_key_info",
         max_scene_annotations: int | None = 8,
+        drop_constant_facts: bool = True,
         name: str = "visual",
     ) -> None:
         if denominator not in DENOMINATORS:
@@ -62,6 +66,7 @@ class VisualPerception:
         self.failure_value = float(failure_value)
         self.annotation_key = annotation_key
         self.max_scene_annotations = max_scene_annotations
+        self.drop_constant_facts = drop_constant_facts
         self.name = name
         self._counts: Counter[str] = Counter()
 
@@ -74,7 +79,10 @@ class VisualPerception:
 
         if len(responses) != len(samples):
             raise ValueError(f"{len(responses)} responses but {len(samples)} samples")
-        annotations = [sample_annotations(s, self.annotation_key, self.max_scene_annotations) for s in samples]
+        annotations = [
+            sample_annotations(s, self.annotation_key, self.max_scene_annotations, self.drop_constant_facts)
+            for s in samples
+        ]
         judged = [i for i, a in enumerate(annotations) if a]
         self._counts["samples"] += len(samples)
         self._counts["no_annotations"] += len(samples) - len(judged)
