@@ -4,10 +4,18 @@ import pytest
 import torch
 
 from vrl.data.checklist import ProbeItem
+from vrl.hooks import StepContext
 from vrl.lit.loss import MAX_BRANCHES
 from vrl.methods.filters import group_keep_mask
 from vrl.methods.loss_agg import SeqMeanTokenMean, TokenMean
-from vrl.methods.pearl import PEARL, fidelity_gate, probe_means, reweight, score_probe_response
+from vrl.methods.pearl import (
+    PEARL,
+    fidelity_gate,
+    main_active_share,
+    probe_means,
+    reweight,
+    score_probe_response,
+)
 from vrl.types import Rollout, attach_branch
 
 RED = [ProbeItem("What colour is the circle?", "red", "text")]
@@ -143,3 +151,32 @@ def test_invalid_knobs_name_the_key():
         PEARL(tau=1.5)
     with pytest.raises(ValueError, match="hooks.pearl.denominator"):
         PEARL(denominator="emitted")
+
+
+def test_main_active_share_counts_groups_with_a_reward_spread_in_the_main_branch():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.3, 0.9])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 1, 1])
+    branch = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    # main groups: 0 -> (1, 0) differs; 1 -> (0, 0) flat; 2 -> (1, 1) flat. Probe rows (0.3 vs 0.9) do not count.
+    assert main_active_share(rewards, groups, branch) == 1 / 3
+    assert main_active_share(rewards, groups, torch.ones(8, dtype=torch.long)) == 0.0  # no main group left
+
+
+def test_main_active_scale_silences_the_probe_branch_while_the_main_task_is_flat():
+    main = _rollout(4, [0, 0, 1, 1], {"accuracy": torch.zeros(4)})
+    main.rewards = torch.tensor([0.0, 0.0, 0.0, 0.0])  # cold start: no group has a success
+    probes = _rollout(2, [0, 1], {"probe_accuracy": torch.tensor([1.0, 0.0])})
+    out = attach_branch(main, probes, pad_id=0)
+    out.extras["pearl_probe_mean"] = torch.tensor([0.2, 0.2, 0.8, 0.8, 0.2, 0.8])
+    logged = {}
+    ctx = StepContext(log=logged.update)
+    published = PEARL(probe_coef=0.1).advantage_factor(out, ctx)
+    # main rows: max(P̄, 0.5) = 0.5, 0.5, 0.8, 0.8; probe rows: lambda = 0.1 (constant, as published)
+    assert torch.allclose(published, torch.tensor([0.5, 0.5, 0.8, 0.8, 0.1, 0.1]))
+    scaled = PEARL(probe_coef=0.1, probe_coef_scale="main_active").advantage_factor(out, ctx)
+    assert scaled[4:].tolist() == [0.0, 0.0] and logged["pearl/probe_coef"] == 0.0  # 0 of 2 groups active
+    out.rewards[0] = 1.0  # group 0's main rewards now differ: 1 of 2 groups -> lambda * 1/2
+    half = PEARL(probe_coef=0.1, probe_coef_scale="main_active").advantage_factor(out, ctx)
+    assert torch.allclose(half[4:], torch.tensor([0.05, 0.05]))
+    with pytest.raises(ValueError, match="probe_coef_scale"):
+        PEARL(probe_coef_scale="warmup")

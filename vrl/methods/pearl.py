@@ -37,6 +37,8 @@ from vrl.rewards.extract import last_boxed
 from vrl.types import Rollout, attach_branch
 
 SOURCES = ("auto", "scene", "columns")
+#: How lambda is applied per step: ``constant`` (published) or ``main_active`` (ours, see :func:`main_active_share`).
+PROBE_COEF_SCALES = ("constant", "main_active")
 FALLBACKS = ("boxed", "whole", "first_word")
 
 
@@ -58,6 +60,25 @@ def reweight(advantages: torch.Tensor, branch: torch.Tensor, means: torch.Tensor
     """
     factor = torch.where(branch == 0, means.clamp(min=tau), torch.full_like(means, coef))
     return advantages * factor.to(advantages.dtype)
+
+
+def main_active_share(rewards: torch.Tensor, group_ids: torch.Tensor, branch: torch.Tensor) -> float:
+    """Fraction of prompt groups whose reasoning (branch 0) rewards are not all equal: the groups with a
+    non-zero group-normalised advantage, i.e. where the main task is giving a learning signal this step.
+
+    ``probe_coef_scale: main_active`` multiplies lambda by this share. At a cold start on a sparse main task every
+    reasoning group is all-zero, so the share is 0 and the probe branch cannot move the shared policy on its own
+    (issue-5 runs: under Adam even lambda = 0.1 made the probe loss the whole update, and the policy learned to
+    answer probe questions instead of the task); once the main task has signal in every group it is lambda as
+    published. 0 when no reasoning group is left.
+    """
+    main = branch == 0
+    groups = group_ids[main].unique()
+    if groups.numel() == 0:
+        return 0.0
+    r, g = rewards[main].float(), group_ids[main]
+    active = sum(int(r[g == k].max() > r[g == k].min()) for k in groups.tolist())
+    return active / groups.numel()
 
 
 def score_probe_response(response: str, items: list[ProbeItem], denominator: str, fallback: str) -> float:
@@ -91,6 +112,10 @@ class PEARL(Hook):
         bypass_prob: probability that a draw skips the gate (0.3: exploration).
         tau: reweighting floor, A <- A * max(P̄, tau) (0.5); 1 switches reweighting off.
         probe_coef: lambda, the probe branch's loss weight (0.1); 0 switches the probe loss off.
+        probe_coef_scale: ``constant`` (published: lambda every step) or ``main_active`` (ours: lambda times the
+            share of this step's prompt groups whose reasoning rewards differ, :func:`main_active_share`, so the
+            probe branch cannot take the policy over while the main task has no signal; logged as
+            ``pearl/probe_coef``).
         max_tries: prompt draws per step (the first included) the loop may make to refill gated prompts.
         seed: seeds the bypass draws (with a draw counter kept in checkpoints, so resume repeats them).
         order: hook order; PEARL's factor is applied before VPPO's (core.md §6).
@@ -125,6 +150,7 @@ class PEARL(Hook):
         bypass_prob: float = 0.3,
         tau: float = 0.5,
         probe_coef: float = 0.1,
+        probe_coef_scale: str = "constant",
         max_tries: int = 3,
         seed: int = 0,
         order: int = 20,
@@ -138,6 +164,7 @@ class PEARL(Hook):
             "bypass_prob": 0 <= bypass_prob <= 1,
             "tau": 0 <= tau <= 1,
             "probe_coef": probe_coef >= 0,
+            "probe_coef_scale": probe_coef_scale in PROBE_COEF_SCALES,
             "max_tries": max_tries >= 1,
         }
         for key, ok in checks.items():
@@ -147,6 +174,7 @@ class PEARL(Hook):
         self.denominator, self.fallback, self.plain_single = denominator, fallback, plain_single
         self.gate, self.gate_threshold, self.bypass_prob = gate, gate_threshold, bypass_prob
         self.tau, self.probe_coef, self.max_tries, self.seed, self.order = tau, probe_coef, max_tries, seed, order
+        self.probe_coef_scale = probe_coef_scale
         self.draws = 0  # on_prompts calls so far: seeds each bypass draw
         self._pending: tuple[Rollout, torch.Tensor] | None = None
         self._stats: dict[str, list[float]] = {}
@@ -208,12 +236,17 @@ class PEARL(Hook):
 
     # ----------------------------------------------------------------- H8: reweighting
     def advantage_factor(self, rollout: Rollout, ctx: StepContext) -> torch.Tensor:
-        """max(P̄, tau) on reasoning rows, probe_coef on probe rows (:func:`reweight` with A = 1)."""
+        """max(P̄, tau) on reasoning rows, lambda on probe rows (:func:`reweight` with A = 1); lambda is
+        ``probe_coef``, times :func:`main_active_share` with ``probe_coef_scale: main_active``."""
         means = rollout.extras["pearl_probe_mean"].to(rollout.rewards.device)  # probe rows: factor = probe_coef
         branch = rollout.branch_ids().to(means.device)
-        out = reweight(torch.ones_like(means), branch, means, self.tau, self.probe_coef)
+        coef = self.probe_coef
+        if self.probe_coef_scale == "main_active":
+            coef *= main_active_share(rollout.rewards, rollout.group_ids.to(means.device), branch)
+        out = reweight(torch.ones_like(means), branch, means, self.tau, coef)
         main = branch == 0
         stats = {f"pearl/{k}": sum(v) / len(v) for k, v in self._stats.items()}
+        stats["pearl/probe_coef"] = coef
         stats["pearl/reweight_mean"] = float(means[main].clamp(min=self.tau).mean())
         stats["pearl/probe_seq_frac"] = float((~main).float().mean())
         stats["pearl/probe_accuracy_kept"] = float(rollout.rewards[~main].float().mean()) if (~main).any() else 0.0
