@@ -91,6 +91,7 @@ def test_diag_metrics_appear_in_a_real_mlflow_run(compose, tiny_overrides, tmp_p
         "logger.experiment_name=diag",
         "trainer.max_steps=2",
         "trainer.limit_val_batches=0",
+        "callbacks.image_use.at_start=true",
         "callbacks.image_use.every_n_steps=2",
         "callbacks.image_use.num_rows=4",
     ]
