@@ -120,8 +120,9 @@ def table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(cfg: Any, policy: str | None, split: str, samples: int, ks: Sequence[int], source_key: str,
-             correct_at: float) -> dict[str, float]:  # fmt: skip
+def evaluate(
+    cfg: Any, policy: str | None, split: str, samples: int, ks: Sequence[int], source_key: str, correct_at: float
+) -> dict[str, float]:
     """Build model, sampler, reward and benchmark from ``cfg`` and score every item."""
     import torch
     from hydra.utils import instantiate
