@@ -4,6 +4,8 @@ optimizer step, the next step samples with it, and the truncated-IS hook sees le
 from __future__ import annotations
 
 import lightning as L
+import pytest
+import torch
 
 from vrl.build import build_module, build_trainer
 
@@ -15,7 +17,7 @@ def fit(compose, overrides):
     L.seed_everything(cfg.seed, verbose=False)
     module = build_module(cfg)
     trainer = build_trainer(cfg)
-    trainer.fit(module)
+    trainer.fit(module, ckpt_path=cfg.ckpt_path)
     return module, trainer
 
 
@@ -53,3 +55,25 @@ def test_each_step_pushes_the_adapter_and_the_next_step_samples_with_it(
     assert abs(float(m["rollout_correction/ratio_mean"]) - 1) < 1e-4
     assert float(m["rollout_server/weight_version"]) == 1.0  # step 2 sampled at version 1
     assert float(m["train/grad_norm"]) > 0 and "val/reward" in m
+
+
+@pytest.mark.slow
+def test_a_resumed_run_pushes_its_adapter_and_repeats_the_uninterrupted_run(
+    vlm_server, served_vlm, compose, tiny_overrides, tmp_path
+):
+    base = [o for o in tiny_overrides if not o.startswith(("output_dir", "trainer.max_steps"))]
+    base += ["ckpt_every=1", "trainer.limit_val_batches=0"]
+    with vlm_server(served_vlm) as server:
+        straight, _ = fit(compose, base + server_overrides(server, f"output_dir={tmp_path}/a", "trainer.max_steps=2"))
+    with vlm_server(served_vlm) as server:  # one server for both halves: it still holds v1 when the resume starts
+        fit(compose, base + server_overrides(server, f"output_dir={tmp_path}/b", "trainer.max_steps=1"))
+        ckpt = tmp_path / "b" / "checkpoints" / "last.ckpt"
+        again = server_overrides(server, f"output_dir={tmp_path}/b", "trainer.max_steps=2", f"ckpt_path={ckpt}")
+        resumed, _ = fit(compose, base + again)
+    loads = [b["lora_name"] for b in server.bodies("/v1/load_lora_adapter")]
+    # first half: v0, v1; the resumed process pushes its restored v1 (the server answers "already loaded", so it
+    # is unloaded and loaded again), then v2 after its step
+    assert loads == ["vrl-policy-v0", "vrl-policy-v1", "vrl-policy-v1", "vrl-policy-v1", "vrl-policy-v2"]
+    # the same requests (adapter version and seed per step) as the uninterrupted run, hence the same weights
+    a, b = dict(straight.policy.named_parameters()), dict(resumed.policy.named_parameters())
+    assert all(torch.equal(a[n], b[n]) for n in a)

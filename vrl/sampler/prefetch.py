@@ -16,6 +16,8 @@ step k+1 while the learner updates on step k, one weight version behind (one-ste
 Determinism contract: the same config and seed give the same requests (rows, settings, seeds) in the same order,
 so a deterministic server gives the same run; a pre-rollout hook that rewrites rows (a gate) or a stage that
 switches the stream makes the prefetch miss (counted), and the replacement request carries a different seed.
+A checkpoint does not hold a prefetched rollout: with ``max_staleness >= 1`` the first step after a resume is
+generated fresh (on the restored weights), so the resumed run departs from the uninterrupted one there.
 """
 
 from __future__ import annotations
