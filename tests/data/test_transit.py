@@ -129,7 +129,7 @@ def test_rendering_shows_lines_stations_and_transfers():
             assert pixels[x - r - 1, y] == INK, station  # transfers get a black ring
 
 
-@pytest.mark.parametrize("difficulty", ["easy", "middle", "hard"])
+@pytest.mark.parametrize("difficulty", ["tiny", "easy", "middle", "hard"])
 def test_sampled_maps_are_connected_and_grow_with_difficulty(difficulty):
     sizes = []
     for seed in range(20):
@@ -139,7 +139,9 @@ def test_sampled_maps_are_connected_and_grow_with_difficulty(difficulty):
             plan_route(tmap.lines, stations[0], goal)
         sizes.append((len(tmap.lines), len(stations)))
     lines = sorted(n for n, _ in sizes)
-    assert {"easy": (2, 3), "middle": (3, 4), "hard": (4, 5)}[difficulty] == (lines[0], lines[-1])
+    assert {"tiny": (2, 3), "easy": (2, 3), "middle": (3, 4), "hard": (4, 5)}[difficulty] == (lines[0], lines[-1])
+    if difficulty == "tiny":  # 2-3 lines of 2-3 stations on a 3 x 3 grid: at most 9 stations, every line <= 3
+        assert max(n for _, n in sizes) <= 9 and all(len(s) <= 3 for s in tmap.lines.values())
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +165,20 @@ def test_rows_carry_what_the_reward_needs_and_their_gold_answers_score(mixed):
         else:
             response = f"\\boxed{{{row['answer']}}}"
         assert accuracy([response], [row]) == [1.0], row["uid"]
+
+
+def test_tiny_maps_config_rows_score_their_gold_answers(compose):
+    from hydra.utils import instantiate
+
+    cfg = compose(["data=transit_tiny", "data.train.num_samples=24"])
+    rows = instantiate(cfg.data.train)
+    accuracy = RewardMapAccuracy()
+    for row in rows:
+        assert row["difficulty_city"] == "tiny" and row["images"][0].size == (112, 112)
+        response = row["answer"] if row["type"] == "planning" else f"\\boxed{{{row['answer']}}}"
+        assert accuracy([response], [row]) == [1.0], row["uid"]
+        if row["type"] == "planning":  # at most 3 lines: a route has at most 3 legs
+            assert row["question_transfer_count"] <= 2
 
 
 def test_same_seed_same_rows_and_image_bytes_other_split_differs():

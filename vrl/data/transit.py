@@ -43,7 +43,7 @@ import datasets
 from vrl.data.synthetic import FEATURES as SCHEMA
 from vrl.data.synthetic import PROGRESS_MIN_ROWS, SyntheticStream
 from vrl.data.tasks import row_rng
-from vrl.data.transit_render import DIFFICULTIES, TransitMap, render_map, sample_map
+from vrl.data.transit_render import DIFFICULTIES, LEVEL_NAMES, TransitMap, render_map, sample_map
 
 #: Question types, as in ReasonMap-Plus's ``type`` (plus ReasonMap's ``planning``).
 QUESTION_TYPES = ("TorF1", "TorF2", "Counting1", "Counting2", "Counting3", "planning")
@@ -292,8 +292,8 @@ class TransitSpec:
 
     def __post_init__(self) -> None:
         resolve_question_types(self.question_types)
-        if not self.difficulties or any(d not in DIFFICULTIES for d in self.difficulties):
-            raise ValueError(f"difficulties must be a non-empty subset of {DIFFICULTIES}; got {self.difficulties}")
+        if not self.difficulties or any(d not in LEVEL_NAMES for d in self.difficulties):
+            raise ValueError(f"difficulties must be a non-empty subset of {LEVEL_NAMES}; got {self.difficulties}")
         if self.image_size < 112:
             raise ValueError(f"image_size must be >= 112 px to fit station labels; got {self.image_size}")
         if self.num_maps is not None and self.num_maps < 1:
@@ -366,7 +366,8 @@ def build_transit_maps(
         question_types: types to draw uniformly from, from :data:`QUESTION_TYPES`, or the stage aliases ``tf``,
             ``counting`` and ``planning`` (:data:`STAGES`). This is the knob a curriculum stage sets: RewardMap
             trains on ``[tf]``, then ``[counting]``, then ``[planning]``.
-        difficulties: map difficulties to draw uniformly from (``easy``, ``middle``, ``hard``).
+        difficulties: map difficulties to draw uniformly from (``easy``, ``middle``, ``hard``; ``tiny``: ours, 2-3
+            lines of 2-3 stations on a 3 x 3 grid: short routes, small counts).
         image_size: square image side in pixels; 224 gives 64 vision tokens with patch 14 and merge 2 and
             keeps labels readable. At least 112.
         mode: ``materialize`` (a ``datasets.Dataset`` with PNG-encoded images) or ``stream`` (a torch dataset

@@ -19,8 +19,11 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-#: Difficulty labels, as in ReasonMap's ``difficulty_city``.
+#: Difficulty labels, as in ReasonMap's ``difficulty_city`` (the default mix). ``tiny`` (ours, not in ReasonMap) is
+#: asked for by name: 2-3 lines of 2-3 stations on a 3 x 3 grid, maps a tiny model can answer about
+#: (conf/data/transit_tiny.yaml).
 DIFFICULTIES = ("easy", "middle", "hard")
+LEVEL_NAMES = ("tiny", *DIFFICULTIES)
 #: Line colour name -> RGB; far apart so a line is identifiable by colour alone. Lines are named "<Colour> Line".
 LINE_COLORS: dict[str, tuple[int, int, int]] = {
     "Red": (220, 40, 40),
@@ -58,6 +61,7 @@ class Level:
 
 
 LEVELS = {
+    "tiny": Level(grid=3, lines=(2, 3), stations=(2, 3)),
     "easy": Level(grid=4, lines=(2, 3), stations=(3, 5)),
     "middle": Level(grid=5, lines=(3, 4), stations=(4, 6)),
     "hard": Level(grid=6, lines=(4, 5), stations=(5, 7)),

@@ -57,7 +57,7 @@ from .extract import last_boxed
 
 logger = logging.getLogger("vrl")
 
-DIFFICULTY_WEIGHTS = {"easy": 1.0, "middle": 1.2, "hard": 1.5}
+DIFFICULTY_WEIGHTS = {"easy": 1.0, "middle": 1.2, "hard": 1.5, "tiny": 1.0}  # tiny (ours) weighs as easy
 SECTION_PENALTIES = ("published", "corrected")
 #: Substrings of Beijing route names the published scorer maps to the JSON's line names.
 ROUTE_ALIASES = {"八通": "Line 1", "大兴": "Line 4"}
