@@ -4,10 +4,12 @@ against the stand-in server: staleness 0 is the synchronous run exactly, stalene
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 
 from vrl.build import build_module, build_trainer
 from vrl.data.source import PromptSource
+from vrl.sampler.http import ServerError
 from vrl.sampler.prefetch import Prefetch, peek_batch
 
 LENGTH_REWARD = "+reward.length={_target_:vrl.rewards.LengthPenalty,target:12}"
@@ -32,6 +34,14 @@ def test_a_prefetch_is_used_for_its_own_rows_within_the_staleness_bound():
     p.launch(("c",), version=5, fn=lambda: "c")
     p.launch(("d",), version=5, fn=lambda: "d")  # replaces the unused one
     assert (p.hits, p.misses) == (1, 2)
+
+    def fails():
+        raise ServerError("rollout server http://127.0.0.1:1/v1/chat/completions: HTTP 500 (after 3 attempts)")
+
+    p.launch(("e",), version=5, fn=fails)
+    p.wait()  # what the weight push does first: the failure does not surface there...
+    with pytest.raises(ServerError, match="127.0.0.1:1"):  # ...but where the rollout is used
+        p.take(("e",), version=5, max_staleness=1)
     p.close()
 
 
