@@ -72,7 +72,8 @@ class LocalJudge:
     Args:
         model: a path or hub id (loaded on first use by :func:`load_causal_lm`, so building the config
             costs nothing), or a built model object (used as is: its device and dtype are kept).
-        prompt: the judge prompt (a ``JudgePrompt`` or its keyword arguments, as from YAML).
+        prompt: the judge prompt (a ``JudgePrompt`` or its keyword arguments, as from YAML); None for a judge
+            asked only free chats and readouts (a reasoner, a consistency judge).
         tokenizer: a tokenizer object, or a path / hub id; None loads it from ``model`` (a path), and is an
             error with a model object. A tokenizer without a pad token pads with its EOS token.
         max_new_tokens: reply length cap (512 as published; a verdict for m items needs ~8m tokens).
@@ -88,7 +89,7 @@ class LocalJudge:
     def __init__(
         self,
         model: str | Any,
-        prompt: JudgePrompt | Mapping[str, Any],
+        prompt: JudgePrompt | Mapping[str, Any] | None = None,
         tokenizer: str | Any | None = None,
         max_new_tokens: int = 512,
         batch_size: int = 8,
@@ -101,7 +102,7 @@ class LocalJudge:
             raise ValueError("LocalJudge: batch_size and max_new_tokens must be >= 1")
         if tokenizer is None and not isinstance(model, str):
             raise ValueError("LocalJudge: pass the tokenizer along with a model object")
-        self.prompt = prompt if isinstance(prompt, JudgePrompt) else JudgePrompt(**prompt)
+        self.prompt = prompt if prompt is None or isinstance(prompt, JudgePrompt) else JudgePrompt(**prompt)
         self._model, self._tokenizer = model, tokenizer if tokenizer is not None else model
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.dtype, self.device, self.chat_template = dtype, device, chat_template
@@ -127,6 +128,8 @@ class LocalJudge:
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         """One verdict per item; uncached items are decoded ``batch_size`` at a time."""
+        if self.prompt is None:
+            raise ValueError("LocalJudge.judge needs a prompt (judge@...: give it `prompt:`)")
         return judge_cached(items, self.cache, self.stats, self._judge_uncached)
 
     def module(self) -> Any:
