@@ -32,8 +32,10 @@ def test_a_prefetch_is_used_for_its_own_rows_within_the_staleness_bound():
     p.launch(("a",), version=3, fn=lambda: "old")
     assert p.take(("a",), version=5, max_staleness=1) is None  # two versions behind: dropped
     p.launch(("c",), version=5, fn=lambda: "c")
+    assert p.take(("x",), version=7, max_staleness=1) is None and not p.pending  # never matched, now stale: dropped
+    p.launch(("c",), version=5, fn=lambda: "c")
     p.launch(("d",), version=5, fn=lambda: "d")  # replaces the unused one
-    assert (p.hits, p.misses) == (1, 2)
+    assert (p.hits, p.misses) == (1, 3)
 
     def fails():
         raise ServerError("rollout server http://127.0.0.1:1/v1/chat/completions: HTTP 500 (after 3 attempts)")

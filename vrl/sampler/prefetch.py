@@ -57,16 +57,19 @@ class Prefetch:
 
     def take(self, key: tuple, version: int, max_staleness: int):
         """The prefetched rollout for ``key`` if it is at most ``max_staleness`` versions behind ``version``; None
-        otherwise (a prefetch for other rows stays pending: an auxiliary generate call may come first). Re-raises
-        the prefetch's own failure (a ``ServerError`` naming the URL)."""
-        if self._pending is None or self._pending[0] != key:
+        otherwise. A prefetch for other rows stays pending (an auxiliary generate call, e.g. PEARL's probes, may
+        come before the main one) until it is too stale to be used, then it is dropped. Re-raises the prefetch's
+        own failure (a ``ServerError`` naming the URL)."""
+        if self._pending is None:
             return None
-        _, made_at, future = self._pending
+        pending_key, made_at, future = self._pending
+        if version - made_at > max_staleness:
+            self.drop()
+            return None
+        if pending_key != key:
+            return None
         self._pending = None
         rollout = future.result()
-        if version - made_at > max_staleness:
-            self.misses += 1
-            return None
         self.hits += 1
         self.staleness = version - made_at
         return rollout
@@ -79,10 +82,10 @@ class Prefetch:
         self._pending = (key, version, self._pool.submit(fn))
 
     def launch_next(self, sampler: Any, vlm: Any) -> None:
-        """Prefetch the batch the loop's prompt stream yields next (nothing for a stream that is not a
-        ``PromptSource``, e.g. a stage's own stream object)."""
+        """Prefetch the batch the loop's prompt stream yields next (nothing while a prefetch is pending, and nothing
+        for a stream that is not a ``PromptSource``, e.g. a stage's own stream object)."""
         source = sampler.source() if sampler.source is not None else None
-        if not isinstance(source, PromptSource):
+        if self._pending is not None or not isinstance(source, PromptSource):
             return
         rows, g = peek_batch(source), sampler.group_size
         seeds = sampler.next_seeds(len(rows))
