@@ -124,7 +124,9 @@ class RolloutCorrection(Hook):
     ``generate``). Its ``on_rollout`` keeps them in the extras and clears ``old_logprobs`` (whichever sampler set
     it), and it declares ``needs_old_logprobs``, so the loop scores the learner's teacher-forced old log-probs;
     ``token_weights`` then returns ``w`` [N, L] (multiplied into the PG term's token weights: the KL,
-    entropy and NLL terms are not reweighted, as in TRL and verl) and logs ``rollout_correction/*``.
+    entropy and NLL terms are not reweighted, as in TRL and verl) and logs ``rollout_correction/*``. The weights
+    are token weights like VPPO's mask, so ``policy/kept_token_frac`` reads their mean (it can exceed 1) and
+    ``policy/clipfrac`` is weighted by them.
 
     Args:
         cap: C, the truncation (or rejection) threshold on rho; 2.0 as TRL's default
