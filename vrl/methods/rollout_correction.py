@@ -131,7 +131,7 @@ class RolloutCorrection(Hook):
     Args:
         cap: C, the truncation (or rejection) threshold on rho; 2.0 as TRL's default
             (``vllm_importance_sampling_cap``).
-        level: ``token`` (TIS, per-token ratios; the default of TRL and verl) | ``sequence`` | ``geometric``.
+        level: ``token`` (TIS, per-token ratios: TRL's original correction) | ``sequence`` | ``geometric``.
         mode: ``truncate`` (min(rho, C)) | ``mask`` (drop what exceeds C).
         order: after other ``on_rollout`` hooks (a branch they attach still carries ``old_logprobs``).
     """
