@@ -13,8 +13,9 @@ Request fields relied on (vLLM's OpenAI server, ``vllm serve``; names as of vLLM
 true`` (a fallback: ``content[t].token`` reads ``token_id:<id>``), ``skip_special_tokens: false`` and
 ``logit_bias`` (-100 on the vision placeholder tokens, which a response must never contain). vLLM reports the
 log-probs of the *raw* model distribution unless the server runs with ``--logprobs-mode processed_logprobs``,
-which the temperature-scaled scoring here expects. SGLang's OpenAI server accepts these fields except
-``return_token_ids`` (it has its own ``return_text_in_logprobs``/``/generate`` route): untested, see README.
+which the temperature-scaled scoring here expects. SGLang's OpenAI server takes most of these fields under the
+same names; which of them it honours (the token ids above all) is not verified. Nothing here has run against a real
+vLLM or SGLang: only against the stand-in of ``tests/sampler/_vlm_server.py`` (README, "Rollout server").
 """
 
 from __future__ import annotations
