@@ -64,3 +64,17 @@ def test_eval_of_a_saved_tiny_policy_reproduces_its_final_validation(compose, ti
     assert math.isclose(got["eval/greedy_accuracy"], metrics["val/accuracy"], abs_tol=1e-6)
     assert math.isclose(got["eval/greedy_reward"], metrics["val/reward"], rel_tol=1e-6) and metrics["val/reward"] != 0
     assert 0.0 <= got["eval/pass_at_1"] <= got["eval/pass_at_2"] <= 1.0 and "eval/avg_at_4" in got
+
+
+def test_eval_selects_with_a_prm_and_runs_the_judge_bench(tmp_path, capsys):
+    small = [f"output_dir={tmp_path}", "logger=none", "data.val.num_samples=3", "sampler.max_new_tokens=4"]
+    assert main([*small, "--select", "bon", "--n", "2", "--prm", "tiny:qwen2_5_vl"]) == 0
+    out = capsys.readouterr().out
+    # the table's "all" row: 3 items, bon2 accuracy and reward, then the cost per item: 2 samples, 2 PRM prompts
+    header, _, row = out.splitlines()[:3]
+    cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | ")))
+    assert cells["count"] == "3" and "bon2_accuracy" in cells
+    assert float(cells["cost/policy_sequences_per_item"]) == 2.0 and float(cells["cost/prm_prompts_per_item"]) == 2.0
+    assert main([*small, "--judge-bench", "synthetic", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| general/count |" in out and "overall_accuracy" in out and "| all | 4.0000 |" in out  # 12 items: 4 general

@@ -85,17 +85,19 @@ def score_items(
     return items
 
 
-def summarise(items: Sequence[ItemScore], ks: Sequence[int] = (), correct_at: float = 1.0) -> dict[str, float]:
+def summarise(
+    items: Sequence[ItemScore], ks: Sequence[int] = (), correct_at: float = 1.0, label: str = "greedy"
+) -> dict[str, float]:
     """``eval/<metric>`` over all items and ``eval/by_source/<source>/<metric>``: the item count, greedy accuracy
-    and total reward, avg@n and pass@k for each k <= n."""
+    and total reward (``label``: ``greedy``, or a PRM selection's name), avg@n and pass@k for each k <= n."""
     groups: dict[str, list[ItemScore]] = defaultdict(list)
     for item in items:
         groups[item.source].append(item)
     out = {}
     for prefix, members in [("eval/", list(items))] + [(f"eval/by_source/{s}/", m) for s, m in sorted(groups.items())]:
         out[prefix + "count"] = float(len(members))
-        out[prefix + "greedy_accuracy"] = sum(m.greedy for m in members) / max(len(members), 1)
-        out[prefix + "greedy_reward"] = sum(m.greedy_reward for m in members) / max(len(members), 1)
+        out[prefix + f"{label}_accuracy"] = sum(m.greedy for m in members) / max(len(members), 1)
+        out[prefix + f"{label}_reward"] = sum(m.greedy_reward for m in members) / max(len(members), 1)
         n = min((len(m.samples) for m in members), default=0)
         if n:
             out[prefix + f"avg_at_{n}"] = sum(sum(m.samples) / len(m.samples) for m in members) / len(members)
@@ -110,7 +112,8 @@ def table(metrics: dict[str, float]) -> str:
     rows: dict[str, dict[str, float]] = defaultdict(dict)
     for key, value in metrics.items():
         parts = key.split("/")
-        source, name = ("all", parts[1]) if len(parts) == 2 else (parts[2], parts[3])
+        by_source = len(parts) == 4 and parts[1] == "by_source"
+        source, name = (parts[2], parts[3]) if by_source else ("all", "/".join(parts[1:]))
         rows[source][name] = value
     names = list(rows["all"])
     lines = ["| source | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -120,10 +123,53 @@ def table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class Selection:
+    """``--select``: how each item's response is picked with a PRM (:mod:`vrl.prm.select`)."""
+
+    how: str = "greedy"
+    n: int = 4
+    prm: Any = None
+    aggregate: str = "orm"
+    max_steps: int = 8
+
+
+def score_selected(select: Callable, reward: Callable, rows: Sequence[dict], source_key: str | None, context: Any):
+    """Items scored on the response ``select(row) -> (response, cost)`` picks, and the mean cost per item."""
+    items, totals = [], defaultdict(float)
+    for row in rows:
+        response, cost = select(row)
+        total, components = reward([response], [row], context=context)
+        acc = components.get("accuracy", total)
+        items.append(
+            ItemScore(str(row.get(source_key, "all")) if source_key else "all", float(acc[0]), [], float(total[0]))
+        )
+        for key, value in cost.items():
+            totals[key] += value
+    return items, {f"eval/cost/{k}_per_item": v / max(len(rows), 1) for k, v in totals.items()}
+
+
+def _prm(cfg: Any, selection: Selection) -> Any:
+    """The selection's PRM: given, else the config's ``reward.prm`` term's (``+method=vl_prm``)."""
+    from hydra.utils import instantiate
+
+    if selection.prm is not None or selection.how == "greedy" or "prm" not in (cfg.reward or {}):
+        return selection.prm
+    return instantiate(cfg.reward.prm).prm
+
+
 def evaluate(
-    cfg: Any, policy: str | None, split: str, samples: int, ks: Sequence[int], source_key: str, correct_at: float
+    cfg: Any,
+    policy: str | None,
+    split: str,
+    samples: int,
+    ks: Sequence[int],
+    source_key: str,
+    correct_at: float,
+    selection: Selection | None = None,
 ) -> dict[str, float]:
-    """Build model, sampler, reward and benchmark from ``cfg`` and score every item."""
+    """Build model, sampler, reward and benchmark from ``cfg`` and score every item (greedy and sampled, or the
+    responses a PRM ``selection`` picks)."""
     import torch
     from hydra.utils import instantiate
 
@@ -136,7 +182,9 @@ def evaluate(
     vlm = instantiate(cfg.model)
     vlm.model.to("cuda" if torch.cuda.is_available() else "cpu")
     sampler = instantiate(cfg.sampler)
-    reward = (instantiate(cfg.reward_sandbox) if cfg.get("reward_sandbox") else RewardSet)(instantiate(cfg.reward))
+    prm = _prm(cfg, selection) if selection is not None else None
+    terms = {k: v for k, v in instantiate(cfg.reward).items() if k != "prm"}  # a PRM term picks, it does not grade
+    reward = (instantiate(cfg.reward_sandbox) if cfg.get("reward_sandbox") else RewardSet)(terms)
     node = cfg.data.get(split)
     if node is None:
         from vrl.errors import ConfigError
@@ -150,12 +198,50 @@ def evaluate(
     def generate(part, group_size=None, greedy=False):
         return sampler.generate(vlm, part, group_size=group_size, greedy=greedy)
 
+    context = RewardContext(0, None, training=False)
     try:
-        context = RewardContext(0, None, training=False)
-        items = score_items(generate, reward, rows, cfg.data_loader.val_batch_size, samples, source_key, context)
+        if selection is None:
+            items = score_items(generate, reward, rows, cfg.data_loader.val_batch_size, samples, source_key, context)
+            return summarise(items, ks, correct_at)
+        from vrl.prm.select import select_item
+
+        s = selection
+
+        def pick(row):
+            return select_item(s.how, row, sampler, vlm, prm, s.n, s.aggregate, max_steps=s.max_steps)
+
+        items, cost = score_selected(pick, reward, rows, source_key, context)
+        return summarise(items, (), correct_at, label=f"{s.how}{s.n if s.how != 'greedy' else ''}") | cost
     finally:
         reward.close()
-    return summarise(items, ks, correct_at)
+
+
+def _prm_from_flags(args: Any) -> Any:
+    if args.gm_prm:
+        from vrl.prm.generative import GenerativePRM
+
+        return GenerativePRM(args.gm_prm)
+    if args.prm:
+        from vrl.prm.readout import PlusMinusPRM
+
+        return PlusMinusPRM(args.prm)
+    return None
+
+
+def judge_bench(cfg: Any, judge: str | None, source: str, runs: int) -> dict[str, float]:
+    """VL-RewardBench (:mod:`vrl.bench.vl_rewardbench`) with the policy (or ``judge``) as the judge."""
+    import torch
+    from hydra.utils import instantiate
+
+    from vrl.bench.vl_rewardbench import load_items, run_bench, synthetic_items, vlm_judge
+
+    if judge:
+        cfg.model.name_or_path = judge
+    vlm = instantiate(cfg.model)
+    vlm.model.to("cuda" if torch.cuda.is_available() else "cpu")
+    items = synthetic_items(seed=cfg.seed) if source == "synthetic" else load_items(source)
+    metrics, _ = run_bench(items, vlm_judge(vlm, max_new_tokens=cfg.sampler.max_new_tokens), runs, cfg.seed)
+    return metrics
 
 
 def log_to_mlflow(cfg: Any, metrics: dict[str, float], text: str, tags: dict[str, str]) -> str | None:
@@ -188,6 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", default="1", help="comma-separated k for pass@k (each <= --samples)")
     parser.add_argument("--correct-at", type=float, default=1.0, help="a sample counts for pass@k at accuracy >= this")
     parser.add_argument("--source-key", default="auto", help="row field for per-source tables (auto: data_source|task)")
+    parser.add_argument(
+        "--select",
+        choices=("greedy", "bon", "step_search", "refined_bon"),
+        help="pick each item's response with a PRM (vrl/prm/select.py); greedy: the baseline",
+    )
+    parser.add_argument("--n", type=int, default=4, help="--select: samples (bon, refined_bon) or candidates per step")
+    parser.add_argument("--prm", help="--select: a '+'/'-' PRM model (VL-PRM); default: the config's reward.prm")
+    parser.add_argument("--gm-prm", help="--select refined_bon: a generative PRM model (GM-PRM)")
+    parser.add_argument("--aggregate", default="orm", help="--select bon: orm | min | mean | product | last")
+    parser.add_argument("--max-steps", type=int, default=8, help="--select step_search: steps before it stops")
+    parser.add_argument("--judge-bench", help="VL-RewardBench instead: 'synthetic' or a file in its item schema")
+    parser.add_argument("--runs", type=int, default=10, help="--judge-bench: judge runs per item (majority vote)")
     args, overrides = parser.parse_known_args(argv)
     policy = args.model or args.policy
     if policy and "=" in policy:  # the first override, not a policy
@@ -203,7 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg.output_dir = "."
     validate_config(cfg)
     ks = [int(k) for k in args.k.split(",") if k]
-    metrics = evaluate(cfg, policy, args.split, args.samples, ks, args.source_key, args.correct_at)
+    if args.judge_bench:
+        metrics = judge_bench(cfg, policy, args.judge_bench, args.runs)
+    else:
+        selection = None
+        if args.select:
+            prm = _prm_from_flags(args)
+            selection = Selection(args.select, args.n, prm, args.aggregate, args.max_steps)
+        metrics = evaluate(cfg, policy, args.split, args.samples, ks, args.source_key, args.correct_at, selection)
     text = table(metrics)
     print(text)
     tags = {"vrl.kind": "eval", "vrl.eval_policy": str(policy or cfg.model.name_or_path), "vrl.eval_split": args.split}

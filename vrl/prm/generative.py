@@ -107,6 +107,7 @@ class GenerativePRM(VLMReadout):
         import torch
 
         proc, model = self.vlm.processor, self.vlm.model
+        self.prompts_run += 1
         enc = proc(text=[prompt], images=[im.convert("RGB") for im in images] or None, return_tensors="pt")
         enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
         with torch.no_grad():
@@ -125,3 +126,13 @@ class GenerativePRM(VLMReadout):
             texts = [prompt + result.raw[:offset] for offset in result.offsets]
             result.scores = [r.p for r in self.readout(texts, [images] * len(texts), "yes", "no")]
         return result
+
+    def step_scores(self, row: dict, steps: Sequence[str]) -> list[float]:
+        """Each step's score (what :class:`vrl.prm.reward.PRMReward` aggregates)."""
+        return self.review(row, steps).scores if steps else []
+
+    def outcome_score(self, row: dict, response: str) -> float:
+        """GM-PRM has no outcome readout: the minimum step score of the response's steps."""
+        from vrl.prm.steps import split_steps
+
+        return min(self.step_scores(row, split_steps(response)), default=0.0)

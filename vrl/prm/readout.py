@@ -64,6 +64,7 @@ class VLMReadout:
     def __init__(self, model: Any = "tiny:qwen2_5_vl", batch_size: int = 8, dtype: str = "float32", seed: int = 0):
         self.model, self.batch_size, self.dtype, self.seed = model, batch_size, dtype, seed
         self._vlm = None
+        self.prompts_run = 0  # prompts this PRM has run (readouts, written reviews): its cost in vrl eval
 
     @property
     def vlm(self) -> Any:
@@ -89,6 +90,7 @@ class VLMReadout:
         proc, model = vlm.processor, vlm.model
         ids = torch.tensor([token_id(proc.tokenizer, a), token_id(proc.tokenizer, b)])
         device = next(model.parameters()).device
+        self.prompts_run += len(texts)
         out = []
         for start in range(0, len(texts), self.batch_size):
             part, imgs = list(texts[start : start + self.batch_size]), images[start : start + self.batch_size]
