@@ -144,3 +144,10 @@ def test_parse_call():
             parse_call(bad)
     with pytest.raises(ToolError, match="arguments"):
         parse_call('<tool_call>{"name": "crop", "arguments": 3}</tool_call>')
+
+
+def test_parse_a_bare_box_call():
+    call = parse_call("<zoom>[1, 2, 3, 4]</zoom>", "<zoom>", "</zoom>", bare="crop")
+    assert call == ("crop", {"bbox_2d": [1, 2, 3, 4]})
+    with pytest.raises(ToolError):
+        parse_call("<zoom>1, 2</zoom>", "<zoom>", "</zoom>", bare="crop")

@@ -28,11 +28,18 @@ from vrl.data.synthetic import FEATURES
 PALETTE = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 GREY = 128
 
-PROMPT = (
-    "<image>\nWhat colour is the small checkered patch inside the black frame? It is too small to see here: "
-    'zoom in with <tool_call>{"name": "crop", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}</tool_call>, '
-    "then answer with one word in <answer></answer>."
-)
+QUESTION = "<image>\nWhat colour is the small checkered patch inside the black frame?"
+
+#: How the prompt asks for the tool: ``json`` (``<tool_call>`` JSON, sampler.call_* defaults), ``zoom`` (ERGO's
+#: bare ``<zoom>[x1,y1,x2,y2]</zoom>``), ``none`` (the question alone: a no-tool baseline).
+INSTRUCTIONS = {
+    "json": " It is too small to see here: zoom in with "
+    '<tool_call>{"name": "crop", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}</tool_call>, '
+    "then answer with one word in <answer></answer>.",
+    "zoom": " It is too small to see here: output <zoom>[x1, y1, x2, y2]</zoom> to see the region enlarged, "
+    "then answer with one word in <answer></answer>.",
+    "none": " Answer with one word.",
+}
 
 
 def render(colour: str, x0: int, y0: int, canvas: int, patch: int, ring: int = 2, gap: int = 2) -> Image.Image:
@@ -48,7 +55,9 @@ def render(colour: str, x0: int, y0: int, canvas: int, patch: int, ring: int = 2
     return Image.fromarray(a)
 
 
-def zoom_row(i: int, seed: int, split: str, canvas: int, patch: int, colours: list[str]) -> dict:
+def zoom_row(
+    i: int, seed: int, split: str, canvas: int, patch: int, colours: list[str], instruction: str = "json"
+) -> dict:
     """Row ``i``: colour and position drawn from (seed, split, i) alone, so rows are reproducible one by one."""
     rng = random.Random(f"zoom-{seed}-{split}-{i}")
     colour = rng.choice(colours)
@@ -57,7 +66,7 @@ def zoom_row(i: int, seed: int, split: str, canvas: int, patch: int, colours: li
     y0 = 2 * rng.randrange(margin // 2, (canvas - 2 * margin) // 2)
     meta = {"detail_box": [x0, y0, x0 + patch, y0 + patch], "canvas": canvas, "colour": colour}
     return {
-        "prompt": PROMPT,
+        "prompt": QUESTION + INSTRUCTIONS[instruction],
         "images": [render(colour, x0, y0, canvas, patch)],
         "answer": colour,
         "answer_type": "text",
@@ -75,6 +84,7 @@ def build_zoom(
     canvas: int = 448,
     patch: int = 12,
     colours: list[str] | tuple[str, ...] = ("red", "green", "blue"),
+    instruction: str = "json",
 ) -> datasets.Dataset:
     """The zoom task as a ``datasets.Dataset`` (rendered in memory: ~1 ms a row).
 
@@ -85,8 +95,11 @@ def build_zoom(
             tiny model's 224 x 224), or the overview is not downsampled and the colour is visible without a tool.
         patch: checkerboard side in px (even).
         colours: answer colours, a subset of ``PALETTE``.
+        instruction: how the prompt asks for the tool (``INSTRUCTIONS``: json | zoom | none).
     """
     unknown = [c for c in colours if c not in PALETTE]
+    if instruction not in INSTRUCTIONS:
+        raise ValueError(f"data zoom: instruction must be one of {sorted(INSTRUCTIONS)}, got {instruction!r}")
     if unknown or patch % 2 or patch < 2 or canvas < 4 * patch + 32:
         raise ValueError(
             f"data zoom: colours must be in {sorted(PALETTE)} (got {unknown}), patch even >= 2 (got {patch}), "
@@ -94,7 +107,7 @@ def build_zoom(
         )
     rows = []
     for i in range(num_samples):
-        row = zoom_row(i, int(seed), str(split), int(canvas), int(patch), list(colours))
+        row = zoom_row(i, int(seed), str(split), int(canvas), int(patch), list(colours), instruction)
         buf = io.BytesIO()
         row["images"][0].save(buf, format="PNG")
         row["images"] = [{"bytes": buf.getvalue(), "path": None}]

@@ -68,6 +68,8 @@ class MultiTurnSampler(HFSampler):
         call_open, call_close: the tags around a call (``vrl.tools.base.parse_call``); ``call_close`` is the
             turn's stop string.
         observation: the observation turn's template (``{images}``, ``{text}``).
+        bare_tool: a tool name for a bare-box call format (ERGO: ``call_open=<zoom>``, ``call_close=</zoom>``,
+            body ``[x1, y1, x2, y2]``); null = JSON calls with a name.
         **kwargs: ``HFSampler``'s knobs (group_size, temperature, top_p, top_k, prompts, logprobs).
     """
 
@@ -79,6 +81,7 @@ class MultiTurnSampler(HFSampler):
         call_open: str = "<tool_call>",
         call_close: str = "</tool_call>",
         observation: str = OBSERVATION,
+        bare_tool: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -90,6 +93,7 @@ class MultiTurnSampler(HFSampler):
         self.tools = dict(tools or {})
         self.max_turns, self.max_total_tokens = max_turns, max_total_tokens
         self.call_open, self.call_close, self.observation = call_open, call_close, observation
+        self.bare_tool = bare_tool
         self.logits_processor = None  # a scripted policy for tests and demos (vrl.sampler.scripted)
         self._stats: dict[str, float] = {}
 
@@ -220,7 +224,7 @@ class MultiTurnSampler(HFSampler):
         """Parse and run the call; every failure becomes an error observation (``turn["error"]``)."""
         turn["tool"] = None
         try:
-            name, args = parse_call(text, self.call_open, self.call_close)
+            name, args = parse_call(text, self.call_open, self.call_close, self.bare_tool)
             turn["tool"], turn["args"] = name, args
             if name not in self.tools:
                 raise ToolError(f"unknown tool {name!r}; tools: {', '.join(sorted(self.tools)) or 'none'}")

@@ -70,8 +70,13 @@ class Tool:
         raise NotImplementedError
 
 
-def parse_call(text: str, open_tag: str = "<tool_call>", close_tag: str = "</tool_call>") -> tuple[str, dict]:
+def parse_call(
+    text: str, open_tag: str = "<tool_call>", close_tag: str = "</tool_call>", bare: str | None = None
+) -> tuple[str, dict]:
     """The (name, arguments) of the last complete call in ``text``.
+
+    ``bare`` names the one tool of a bare-box format (ERGO's ``<zoom>[x1, y1, x2, y2]</zoom>``): the body is
+    then a JSON list, the call ``(bare, {"bbox_2d": list})``.
 
     Raises:
         ToolError: no complete call, invalid JSON, or a call without a string ``name`` / dict ``arguments``.
@@ -85,6 +90,8 @@ def parse_call(text: str, open_tag: str = "<tool_call>", close_tag: str = "</too
         call = json.loads(body)
     except json.JSONDecodeError as e:
         raise ToolError(f"call is not valid JSON ({e.msg})") from None
+    if bare is not None:
+        return bare, {"bbox_2d": call}
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         raise ToolError('call must be a JSON object with a string "name"')
     args = call.get("arguments", {})
