@@ -93,3 +93,13 @@ def test_experiment_config_trains_a_step(compose, tiny_overrides):
     module = build_module(cfg)
     build_trainer(cfg).fit(module)
     assert module.train_data[0]["task"] == "quadrant" and cfg.data.val.tasks == ["quadrant"]
+
+
+def test_a_list_of_difficulties_mixes_levels_and_one_level_rows_are_unchanged():
+    mixed = TestbedSpec(("big_color",), 0, "train", 56, (1, 3))
+    levels = {json.loads(mixed.row(i)["meta"])["difficulty"] for i in range(30)}
+    assert levels == {1, 3}
+    one = TestbedSpec(("big_color",), 0, "train", 56, (2,)).row(5)
+    assert one["answer"] == TestbedSpec(("big_color",), 0, "train", 56, 2).row(5)["answer"]
+    with pytest.raises(ValueError, match="difficulty"):
+        TestbedSpec(("half",), 0, "train", 56, ())

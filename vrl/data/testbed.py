@@ -150,14 +150,18 @@ class TestbedSpec:
     seed: int
     split: str
     image_size: int = 56
-    difficulty: int = 1
+    difficulty: int | tuple[int, ...] = 1
+
+    @property
+    def difficulties(self) -> tuple[int, ...]:
+        return (self.difficulty,) if isinstance(self.difficulty, int) else tuple(self.difficulty)
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TESTBED]
         if not self.tasks or unknown:
             raise ValueError(f"testbed tasks must be a non-empty subset of {sorted(TESTBED)}; got {list(self.tasks)}")
-        if self.difficulty not in (1, 2, 3):
-            raise ValueError(f"testbed difficulty must be 1, 2 or 3; got {self.difficulty}")
+        if not self.difficulties or any(d not in (1, 2, 3) for d in self.difficulties):
+            raise ValueError(f"testbed difficulty must be 1, 2 or 3 (or a list of them); got {self.difficulty}")
         if self.image_size < 48:
             raise ValueError(f"testbed image_size must be >= 48 px; got {self.image_size}")
 
@@ -168,13 +172,13 @@ class TestbedSpec:
     def row(self, index: int) -> dict:
         """Row ``index`` (schema of :mod:`vrl.types`), a pure function of the spec and the index."""
         rng = row_rng("vrl-testbed", self.seed, self.split, index)
-        task = rng.choice(self.tasks)
-        q = TESTBED[task](rng, self.difficulty, self.image_size)
+        task, difficulty = _draw(rng, self)
+        q = TESTBED[task](rng, difficulty, self.image_size)
         meta = {
             "scene": q.scene.to_dict(),
             "task": task,
             "format": "open",
-            "difficulty": self.difficulty,
+            "difficulty": difficulty,
             "question": task,
             "target": q.target,
             "value": q.answer,
@@ -203,7 +207,7 @@ def build_testbed(
     seed: int = 0,
     split: str = "train",
     image_size: int = 56,
-    difficulty: int = 1,
+    difficulty: int | Sequence[int] = 1,
     mode: str = "materialize",
     cache_dir: str | None = None,
     progress: bool | None = None,
@@ -216,14 +220,16 @@ def build_testbed(
         seed: base seed (the run's ``${seed}``).
         split: mixed into every row's seed (``val`` rows are other draws).
         image_size: square side in pixels; 56 gives 4 merged vision tokens (one per quadrant).
-        difficulty: 1..3 (module docstring's table).
+        difficulty: 1..3 (module docstring's table), or a list of levels drawn uniformly per row (what a
+            shuffled arm of a difficulty curriculum trains on).
         mode: ``materialize`` (a ``datasets.Dataset``, cached under ``cache_dir`` by argument hash) or ``stream``.
         cache_dir: where to save / reload a materialised copy; None keeps it in memory.
         progress: a progress bar while materialising (None: above 300 rows).
     """
     from vrl.data.synthetic import PROGRESS_MIN_ROWS, SyntheticStream, _load_or_build, _materialize
 
-    spec = TestbedSpec(tuple(str(t) for t in tasks), int(seed), str(split), int(image_size), int(difficulty))
+    level = int(difficulty) if isinstance(difficulty, int) else tuple(int(d) for d in difficulty)
+    spec = TestbedSpec(tuple(str(t) for t in tasks), int(seed), str(split), int(image_size), level)
     if mode == "stream":
         return SyntheticStream(spec, num_samples)
     if mode != "materialize":
@@ -245,11 +251,18 @@ def baseline_table(num_samples: int = 2000, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
+def _draw(rng: random.Random, spec: TestbedSpec) -> tuple[str, int]:
+    """A row's task, then its difficulty (drawn only when there are several: one-level rows stay as they were)."""
+    task = rng.choice(spec.tasks)
+    levels = spec.difficulties
+    return task, levels[0] if len(levels) == 1 else rng.choice(levels)
+
+
 def _text_row(spec: TestbedSpec, index: int) -> dict:
     """A row's prompt and answer without rendering its image (what :func:`blind_baseline` reads)."""
     rng = row_rng("vrl-testbed", spec.seed, spec.split, index)
-    task = rng.choice(spec.tasks)
-    q = TESTBED[task](rng, spec.difficulty, spec.image_size)
+    task, difficulty = _draw(rng, spec)
+    q = TESTBED[task](rng, difficulty, spec.image_size)
     return {"prompt": f"<image>\n{q.question}", "answer": q.answer}
 
 

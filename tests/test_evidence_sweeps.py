@@ -1,0 +1,76 @@
+"""Issue 20's sweeps and runner (conf/sweep/evidence_*.yaml, experiments/evidence.py): every job composes (the first
+of each sweep validates), the runner's arms pick the right jobs, and its statistics on hand-made histories are right."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from vrl.report import Run
+from vrl.validate import validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location("evidence", REPO / "experiments" / "evidence.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _jobs(compose, name: str) -> list[list[str]]:
+    """The sweep's jobs as override lists (every arm, seed 0 only), expanded the way Hydra's basic sweeper does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="vrl_conf", version_base="1.3"):
+        cfg = hydra_compose("train", [f"+sweep=evidence_{name}"], return_hydra_config=True)
+    params = dict(cfg.hydra.sweeper.params)
+    assert list(
+        OverridesParser.create().parse_overrides([f"seed={params.pop('seed')}"])[0].sweep_string_iterator()
+    ) == [str(s) for s in range(8)]  # 8 seeds, 0..7, in every sweep
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [f"{o.get_key_element()}={o.get_value_element_as_str()}"] for o in parsed]  # fmt: skip
+    return [[*combo, "seed=0"] for combo in itertools.product(*choices)]
+
+
+@pytest.mark.parametrize("name", ["vppo", "pearl", "perception_r1", "curriculum", "rewardmap"])
+def test_every_job_of_the_sweep_composes_validates_and_is_an_arm_of_the_runner(compose, name):
+    runner = _runner()
+    jobs = _jobs(compose, name)
+    assert len(jobs) == len(runner.ARMS[name])  # one job per arm and seed: the runner's arms are the sweep's
+    for k, overrides in enumerate(jobs):
+        cfg = compose([*overrides, "output_dir=/tmp/unused"])
+        if k == 0:  # the arms differ in the values the runner matches; one full validation per sweep
+            validate_config(cfg)
+        run = Run("j", overrides, 0)
+        matched = [a for a, runs in runner.arm_runs([run], runner.ARMS[name]).items() if runs]
+        assert len(matched) == 1, (overrides, matched)
+    if name == "rewardmap":  # tiny maps in the run's data and in every stage of the staged arm
+        cfg = compose([j for j in jobs if "curriculum=rewardmap" in j][0])  # resolved: no run starts
+        assert cfg.data.train.difficulties == ["tiny"]
+        assert cfg.hooks.curriculum.stages.planning.data.difficulties == ["tiny"]
+
+
+def test_runner_statistics_on_hand_made_histories():
+    runner = _runner()
+    arms = {"grpo": [], "vppo": []}
+    for seed in range(8):
+        base = {"val/accuracy": [(0, 0.3), (250, 0.4)], "diag/shuffled/kl": [(250, 0.0)]}
+        moved = {"val/accuracy": [(0, 0.3), (250, 0.4 + (0.1 if seed % 2 else -0.1))], "diag/shuffled/kl": [(250, 0.2)]}
+        arms["grpo"].append(Run(f"g{seed}", ["+method=[]", f"seed={seed}"], seed, base))
+        arms["vppo"].append(Run(f"v{seed}", ["+method=vppo", f"seed={seed}"], seed, moved))
+    res = runner.analyse(arms, [("grpo", "vppo")])
+    assert res["step"] == 250
+    (p,) = res["paired"]
+    # differences +-0.1, four of each: mean 0, and the interval covers 0
+    assert abs(p["mean_diff"]) < 1e-12 and p["verdict"] == "no evidence"
+    assert res["diag"]["diag/shuffled/kl"]["vppo"]["mean"] == pytest.approx(0.2)
+    text = runner.markdown("vppo", res, ["python", "-m", "vrl"], "abc1234")
+    assert "| vppo - grpo | 8 | +0.000 |" in text and "diag/shuffled/kl @ 250" in text
