@@ -1,0 +1,234 @@
+"""CogFlow's visual-gated policy optimisation (VGPO) as a rollout-time gate (others.md §7, cross-cutting note 4).
+
+Published inference (``src/infer.py``): sample the perception segment alone (up to ``</WATCHING>``, <= 128 tokens,
+T = 0.7, top_p 0.95), score it with VSR, accept it at >= tau = 0.75, else resample, at most 3 trials; keep the
+accepted perception or the best one seen; then generate the reasoning conditioned on it. :func:`gate` is that
+accept/resample logic (any draw, any scorer); :class:`VGPOSampler` runs it inside the rollout of every training
+step: G perceptions per prompt drawn and gated independently, then one continuation each.
+
+Training semantics are [NF] (the trainer's handling of gated perceptions was not verified). vrl's choice (the
+spec's [ours]): the trajectory (accepted perception + reasoning) is trained as one response, the policy gradient on
+every token (``train_perception=true``, the ``PerceptionMask`` hook a no-op). Because the accepted perception was
+*selected* (a best-of-K draw, not a sample of the policy), ``train_perception=false`` masks its tokens out of the
+policy-gradient term and trains the reasoning only. The sampler records per sequence ``vgpo_tries``,
+``vgpo_score`` [N] and the perception token mask ``vgpo_perception`` [N, L] in ``rollout.extras``. Greedy
+(validation) rollouts are not gated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vrl.hooks import Hook, StepContext, TokenWeights
+from vrl.methods.cogflow import VSRReward
+from vrl.sampler.hf import HFSampler, _expand_rows, _truncate_after_eos, suppressed_token_ids
+from vrl.sampler.prompts import encode_prompts
+from vrl.types import Rollout, slice_vision
+
+
+@dataclass
+class GateResult:
+    """Per item: the kept candidate, its score, and how many were drawn (1..max_tries)."""
+
+    kept: list[Any]
+    scores: list[float]
+    tries: list[int]
+
+
+def gate(
+    draw: Callable[[list[int]], list[Any]],
+    score: Callable[[list[int], list[Any]], list[float]],
+    n: int,
+    max_tries: int = 3,
+    tau: float = 0.75,
+) -> GateResult:
+    """Draw a candidate for each of n items; redraw those scoring below ``tau``, at most ``max_tries`` draws in all;
+    keep the first accepted candidate, else the best seen (the earliest among equal scores).
+
+    Args:
+        draw: item indices -> one new candidate each (called once per round, on the items still open).
+        score: (item indices, their candidates) -> one score each.
+    """
+    if max_tries < 1:
+        raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+    kept: list[Any] = [None] * n
+    best, tries = [-math.inf] * n, [0] * n
+    todo = list(range(n))
+    for _ in range(max_tries):
+        if not todo:
+            break
+        candidates = draw(todo)
+        for i, c, s in zip(todo, candidates, score(todo, candidates)):
+            tries[i] += 1
+            if s > best[i]:
+                kept[i], best[i] = c, float(s)
+        todo = [i for i in todo if best[i] < tau]
+    return GateResult(kept, best, tries)
+
+
+def cut_after(tokenizer: Any, ids: list[int], marker: str) -> list[int]:
+    """The shortest prefix of ``ids`` whose text contains ``marker`` (all of ``ids`` when it never appears)."""
+    text = lambda k: tokenizer.decode(ids[:k], skip_special_tokens=True)  # noqa: E731
+    if marker not in text(len(ids)):
+        return ids
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if marker in text(mid) else (mid + 1, hi)
+    return ids[:lo]
+
+
+class VGPOSampler(HFSampler):
+    """HFSampler whose rollouts gate the perception segment (:func:`gate`) before the reasoning is sampled.
+
+    Args (besides :class:`~vrl.sampler.hf.HFSampler`'s; ``max_new_tokens`` caps the continuation):
+        perception_tokens: cap of one perception draw (128 published).
+        perception_temperature, perception_top_p: sampling of the draws (0.7 / 0.95 published).
+        max_tries: K, draws per sequence at most (3 published).
+        tau: acceptance threshold on the scorer (0.75 published).
+        scorer: ``scorer(texts, rows) -> scores``; default VSR of the bare perception (no format needed).
+        close_tag: where a perception ends.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        perception_tokens: int = 128,
+        perception_temperature: float = 0.7,
+        perception_top_p: float = 0.95,
+        max_tries: int = 3,
+        tau: float = 0.75,
+        scorer: Any = None,
+        close_tag: str = "</WATCHING>",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if max_tries < 1 or perception_tokens < 1:
+            raise ValueError("sampler: max_tries and perception_tokens must be >= 1")
+        self.perception_tokens, self.max_tries, self.tau, self.close_tag = perception_tokens, max_tries, tau, close_tag
+        self.perception_temperature, self.perception_top_p = perception_temperature, perception_top_p
+        self.scorer = scorer if scorer is not None else VSRReward(require_format=False)
+
+    @contextmanager
+    def _drawing(self):
+        saved = (self.max_new_tokens, self.temperature, self.top_p)
+        self.max_new_tokens, self.temperature, self.top_p = (
+            self.perception_tokens,
+            self.perception_temperature,
+            self.perception_top_p,
+        )
+        try:
+            yield
+        finally:
+            self.max_new_tokens, self.temperature, self.top_p = saved
+
+    @torch.no_grad()
+    def generate(self, vlm, samples: list[dict], group_size: int | None = None, greedy: bool = False) -> Rollout:
+        if greedy:
+            return super().generate(vlm, samples, group_size, greedy)
+        g = group_size or self.group_size
+        tok = vlm.processor.tokenizer
+        rows = [samples[i // g] for i in range(len(samples) * g)]
+
+        def draw(todo: list[int]) -> list[list[int]]:
+            with self._drawing():
+                r = super(VGPOSampler, self).generate(vlm, [rows[i] for i in todo], group_size=1)
+            resp = r.input_ids[:, r.prompt_width :]
+            valid = r.response_mask.sum(-1).long().tolist()
+            return [cut_after(tok, resp[k, : valid[k]].tolist(), self.close_tag) for k in range(len(todo))]
+
+        def score(todo: list[int], cands: list[list[int]]) -> list[float]:
+            texts = [tok.decode(c, skip_special_tokens=True) for c in cands]
+            return self.scorer(texts, [rows[i] for i in todo])
+
+        result = gate(draw, score, len(rows), self.max_tries, self.tau)
+        rollout = self._continue(vlm, samples, g, result.kept)
+        rollout.extras["vgpo_tries"] = torch.tensor(result.tries, dtype=torch.float32)
+        rollout.extras["vgpo_score"] = torch.tensor(result.scores, dtype=torch.float32)
+        return rollout
+
+    def _continue(self, vlm, samples: list[dict], g: int, perceptions: Sequence[list[int]]) -> Rollout:
+        """The reasoning after each accepted perception; the rollout's response = perception + continuation."""
+        model, processor = vlm.model, vlm.processor
+        tok, device = processor.tokenizer, next(model.parameters()).device
+        enc, images_per_prompt = encode_prompts(processor, samples, self.system_prompt, self.prompt_suffix)
+        idx = torch.arange(len(samples)).repeat_interleave(g)
+        prompt = {k: enc[k][idx] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in enc}
+        width = max(len(p) for p in perceptions)
+        prefix = torch.full((len(idx), width), tok.pad_token_id, dtype=prompt["input_ids"].dtype)
+        for n, p in enumerate(perceptions):  # left-pad the perceptions, so every prompt + perception ends flush
+            prefix[n, width - len(p) :] = torch.tensor(p, dtype=prefix.dtype)
+        real = (torch.arange(width)[None] >= width - torch.tensor([len(p) for p in perceptions])[:, None]).long()
+        inputs = {
+            "input_ids": torch.cat([prompt["input_ids"], prefix], 1),
+            "attention_mask": torch.cat([prompt["attention_mask"], real.to(prompt["attention_mask"].dtype)], 1),
+        }
+        if "mm_token_type_ids" in prompt:
+            inputs["mm_token_type_ids"] = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(prefix)], 1)
+        pixel_values = grid = None
+        if "pixel_values" in enc:
+            pixel_values, grid = slice_vision(enc["pixel_values"], enc["image_grid_thw"], images_per_prompt, idx)
+            inputs.update(pixel_values=pixel_values, image_grid_thw=grid)
+        ended = [bool(p) and p[-1] == tok.eos_token_id for p in perceptions]
+        was_training = model.training
+        model.eval()
+        out = model.generate(
+            **{k: v.to(device) for k, v in inputs.items()},
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            suppress_tokens=suppressed_token_ids(tok),
+            do_sample=True,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k or None,
+        )
+        model.train(was_training)
+        cont = out[:, inputs["input_ids"].shape[1] :].cpu()
+        seqs = [list(p) + ([] if e else cont[n].tolist()) for n, (p, e) in enumerate(zip(perceptions, ended))]
+        length = max(len(s) for s in seqs)
+        response = torch.tensor([s + [tok.pad_token_id] * (length - len(s)) for s in seqs])
+        response, mask = _truncate_after_eos(response, tok.eos_token_id, tok.pad_token_id)
+        mask = mask * (torch.arange(length)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()
+        perception_mask = (torch.arange(length)[None] < torch.tensor([len(p) for p in perceptions])[:, None]).float()
+        mm = None
+        if "mm_token_type_ids" in prompt:
+            mm = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(response)], 1).to(device)
+        rows = _expand_rows(samples, idx, enc.get("image_grid_thw"), images_per_prompt, vlm.patch_size)
+        for row, n in zip(rows, mask.sum(-1).tolist()):
+            row["response_tokens"] = int(n)
+        return Rollout(
+            input_ids=torch.cat([prompt["input_ids"], response], 1).to(device),
+            attention_mask=torch.cat([prompt["attention_mask"], mask.to(prompt["attention_mask"].dtype)], 1).to(device),
+            response_mask=mask.float().to(device),
+            pixel_values=pixel_values.to(device) if pixel_values is not None else None,
+            image_grid_thw=grid.to(device) if grid is not None else None,
+            images_per_seq=images_per_prompt[idx],
+            group_ids=idx.to(device),
+            samples=rows,
+            responses=tok.batch_decode(response, skip_special_tokens=True),
+            mm_token_type_ids=mm,
+            extras={"vgpo_perception": (perception_mask * mask).to(device)},
+        )
+
+
+class PerceptionMask(Hook):
+    """H9: with ``train_perception=false`` the gated perception's tokens leave the policy-gradient term (the
+    reasoning after it is trained); with ``true`` (default) nothing changes. Reads ``rollout.extras
+    ["vgpo_perception"]`` written by :class:`VGPOSampler` (absent: no gate ran, nothing masked)."""
+
+    order = 50
+
+    def __init__(self, train_perception: bool = True) -> None:
+        self.train_perception = train_perception
+
+    def token_weights(self, rollout: Rollout, ctx: StepContext) -> TokenWeights | None:
+        if self.train_perception or "vgpo_perception" not in rollout.extras:
+            return None
+        return TokenWeights(loss=1.0 - rollout.extras["vgpo_perception"].to(rollout.response_mask))
