@@ -1,5 +1,5 @@
-"""Tool presets train on the tiny VLM: `zoom` and `ergo` on the zoom task, sampled and scripted (real tool calls
-through the whole loop), and the VPPO stack."""
+"""Tool presets train on the tiny VLM: `zoom`, `ergo` and `vacot` on the zoom task, sampled and scripted (real
+tool calls through the whole loop), and the VPPO stack."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _fit(compose, overrides, script=None):
     return cap.metrics
 
 
-@pytest.mark.parametrize("preset", ["zoom", "ergo"])
+@pytest.mark.parametrize("preset", ["zoom", "ergo", "vacot"])
 def test_tool_presets_train_a_few_steps(compose, tiny_overrides, preset):
     extra = ["data.train.instruction=zoom"] if preset == "ergo" else []
     metrics = _fit(compose, tiny_overrides + SMALL + extra + [f"+method={preset}", "trainer.limit_val_batches=0"])
@@ -49,7 +49,7 @@ def test_scripted_tool_calls_flow_through_the_loop(compose, tiny_overrides):
     # a scripted policy always zooms into the top-left 56 x 56 of the 224 x 224 overview, then answers red: every
     # trajectory has one valid call, an observation (16 image tokens, masked) and an answer
     over = tiny_overrides + SMALL + ["+method=zoom", "sampler.max_new_tokens=64", "sampler.max_total_tokens=256"]
-    metrics = _fit(compose, over, script=[CALL, "<answer>red</answer>"])
+    metrics = _fit(compose, over + ["trainer.limit_val_batches=0"], script=[CALL, "<answer>red</answer>"])
     last = metrics[-1]
     assert last["tools/calls_per_traj"] == 1.0 and last["tools/invalid_rate"] == 0.0
     assert last["tools/turns_mean"] == 2.0 and last["tools/answered_frac"] == 1.0

@@ -191,3 +191,11 @@ def test_invalid_calls_and_budgets_never_crash(setup):
     out = s.generate(vlm, rows)
     assert [x["stop"] for x in out.samples] == ["budget"] * 4
     assert int(out.attention_mask[0, out.prompt_width :].sum()) == int(out.response_mask[0].sum())
+
+
+def test_describe_tools_lists_them_after_the_system_prompt():
+    s = MultiTurnSampler(tools={"crop": Crop()}, system_prompt="Be brief.", describe_tools=True)
+    assert s.system_prompt.splitlines()[0] == "Be brief."
+    assert s.system_prompt.splitlines()[-1] == f"- crop: {Crop.description}"
+    with pytest.raises(ValueError, match="max_total_tokens"):
+        MultiTurnSampler(max_new_tokens=64, max_total_tokens=32)

@@ -70,6 +70,7 @@ class MultiTurnSampler(HFSampler):
         observation: the observation turn's template (``{images}``, ``{text}``).
         bare_tool: a tool name for a bare-box call format (ERGO: ``call_open=<zoom>``, ``call_close=</zoom>``,
             body ``[x1, y1, x2, y2]``); null = JSON calls with a name.
+        describe_tools: append each tool's one-line description to the system prompt.
         **kwargs: ``HFSampler``'s knobs (group_size, temperature, top_p, top_k, prompts, logprobs).
     """
 
@@ -82,9 +83,16 @@ class MultiTurnSampler(HFSampler):
         call_close: str = "</tool_call>",
         observation: str = OBSERVATION,
         bare_tool: str | None = None,
+        describe_tools: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if describe_tools and tools:  # the tools' one-line descriptions, after the system prompt
+            lines = "\n".join(f"- {name}: {tool.description}" for name, tool in tools.items())
+            head = f"{self.system_prompt}\n" if self.system_prompt else ""
+            self.system_prompt = (
+                f'{head}Tools (call one as <tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>):\n{lines}'
+            )
         if max_turns < 0 or max_total_tokens < self.max_new_tokens:
             raise ValueError(
                 f"sampler: max_turns >= 0 and max_total_tokens >= max_new_tokens needed, got {max_turns}, "
