@@ -81,7 +81,9 @@ def test_staleness_zero_is_the_synchronous_run(vlm_server, served_vlm, compose, 
     assert any(not torch.equal(p, 0 * p) for n, p in sync.items() if "lora_B" in n)  # the run did learn
     sync_chats = [(b["model"], b["seed"]) for b in sync_server.bodies("/v1/chat/completions")]
     piped_chats = [(b["model"], b["seed"]) for b in piped_server.bodies("/v1/chat/completions")]
-    assert piped_chats[: len(sync_chats)] == sync_chats and len(piped_chats) == len(sync_chats) + 2  # + the unused 4th
+    # (a step's B requests are in flight together, so they arrive in any order; v3 is the 4th batch, never used)
+    assert sorted(c for c in piped_chats if c[0] != "vrl-policy-v3") == sorted(sync_chats)
+    assert [c[0] for c in piped_chats].count("vrl-policy-v3") == 2
 
 
 def test_staleness_one_samples_one_version_behind_and_the_correction_sees_it(
