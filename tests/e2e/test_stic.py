@@ -86,7 +86,8 @@ def test_resume_inside_the_dpo_stage_is_exact(compose, tiny_overrides, tmp_path)
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
-def test_a_dpo_stage_trains_on_a_pair_file_in_stics_schema(compose, tiny_overrides, tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_dpo_stage_trains_on_a_pair_file_in_stics_schema(compose, tiny_overrides, tmp_path, lora):
     Image.new("RGB", (56, 56), (200, 30, 30)).save(tmp_path / "red.png")
     msgs = lambda answer: [{"role": "user", "content": "<image>\nDescribe."}, {"role": "assistant", "content": answer}]  # noqa: E731
     rows = [
@@ -102,13 +103,14 @@ def test_a_dpo_stage_trains_on_a_pair_file_in_stics_schema(compose, tiny_overrid
         f"{S}pref.preference.batch_size=2",
         f"{S}pref.epochs=2",
         f"{S}describe=null",
-    ]
+    ] + (["lora=r8", "optimizer.lr=0.05"] if lora else [])
     module, trainer, rec = _train(compose, overrides)
     assert module.hooks.hooks[0].kept[0][1] == {
         "index": 1,
         "segments": [{"chosen": "a red square", "rejected": "a green cat", "weight": 1.0}],
     }
     assert [s["stage"] for s in rec.steps] == ["dpo", "dpo"]  # 2 pairs, 2 per step, 2 epochs
+    assert (module.reference is None) == lora  # LoRA: the reference is the adapter-off policy
     assert math.isclose(rec.steps[0]["dpo/loss"], math.log(2.0), rel_tol=1e-5)  # policy == reference at first
     assert rec.steps[1]["dpo/loss"] < rec.steps[0]["dpo/loss"]  # one step towards the chosen responses
     assert rec.steps[1]["dpo/accuracy"] == 1.0
