@@ -160,22 +160,11 @@ class VGPOSampler(HFSampler):
         enc, images_per_prompt = encode_prompts(processor, samples, self.system_prompt, self.prompt_suffix)
         idx = torch.arange(len(samples)).repeat_interleave(g)
         prompt = {k: enc[k][idx] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in enc}
-        width = max(len(p) for p in perceptions)
-        prefix = torch.full((len(idx), width), tok.pad_token_id, dtype=prompt["input_ids"].dtype)
-        for n, p in enumerate(perceptions):  # left-pad the perceptions, so every prompt + perception ends flush
-            prefix[n, width - len(p) :] = torch.tensor(p, dtype=prefix.dtype)
-        real = (torch.arange(width)[None] >= width - torch.tensor([len(p) for p in perceptions])[:, None]).long()
-        inputs = {
-            "input_ids": torch.cat([prompt["input_ids"], prefix], 1),
-            "attention_mask": torch.cat([prompt["attention_mask"], real.to(prompt["attention_mask"].dtype)], 1),
-        }
-        if "mm_token_type_ids" in prompt:
-            inputs["mm_token_type_ids"] = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(prefix)], 1)
+        inputs = _with_prefix(prompt, perceptions, tok.pad_token_id)
         pixel_values = grid = None
         if "pixel_values" in enc:
             pixel_values, grid = slice_vision(enc["pixel_values"], enc["image_grid_thw"], images_per_prompt, idx)
             inputs.update(pixel_values=pixel_values, image_grid_thw=grid)
-        ended = [bool(p) and p[-1] == tok.eos_token_id for p in perceptions]
         was_training = model.training
         model.eval()
         out = model.generate(
@@ -190,13 +179,7 @@ class VGPOSampler(HFSampler):
             top_k=self.top_k or None,
         )
         model.train(was_training)
-        cont = out[:, inputs["input_ids"].shape[1] :].cpu()
-        seqs = [list(p) + ([] if e else cont[n].tolist()) for n, (p, e) in enumerate(zip(perceptions, ended))]
-        length = max(len(s) for s in seqs)
-        response = torch.tensor([s + [tok.pad_token_id] * (length - len(s)) for s in seqs])
-        response, mask = _truncate_after_eos(response, tok.eos_token_id, tok.pad_token_id)
-        mask = mask * (torch.arange(length)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()
-        perception_mask = (torch.arange(length)[None] < torch.tensor([len(p) for p in perceptions])[:, None]).float()
+        response, mask, perception_mask = _joined(perceptions, out[:, inputs["input_ids"].shape[1] :].cpu(), tok)
         mm = None
         if "mm_token_type_ids" in prompt:
             mm = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(response)], 1).to(device)
@@ -216,6 +199,35 @@ class VGPOSampler(HFSampler):
             mm_token_type_ids=mm,
             extras={"vgpo_perception": (perception_mask * mask).to(device)},
         )
+
+
+def _with_prefix(prompt: dict[str, torch.Tensor], perceptions: Sequence[list[int]], pad_id: int) -> dict:
+    """Prompt [N, P] + perception ids, left-padded together so every sequence ends flush (generate's layout)."""
+    width = max(len(p) for p in perceptions)
+    prefix = torch.full((len(perceptions), width), pad_id, dtype=prompt["input_ids"].dtype)
+    for n, p in enumerate(perceptions):
+        prefix[n, width - len(p) :] = torch.tensor(p, dtype=prefix.dtype)
+    real = (torch.arange(width)[None] >= width - torch.tensor([len(p) for p in perceptions])[:, None]).long()
+    inputs = {
+        "input_ids": torch.cat([prompt["input_ids"], prefix], 1),
+        "attention_mask": torch.cat([prompt["attention_mask"], real.to(prompt["attention_mask"].dtype)], 1),
+    }
+    if "mm_token_type_ids" in prompt:
+        inputs["mm_token_type_ids"] = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(prefix)], 1)
+    return inputs
+
+
+def _joined(perceptions: Sequence[list[int]], cont: torch.Tensor, tok: Any) -> tuple[torch.Tensor, ...]:
+    """(response [N, L] = perception + continuation right-padded and cut after EOS, valid mask [N, L], perception
+    mask [N, L]); a perception that already ended with EOS gets no continuation."""
+    ended = [bool(p) and p[-1] == tok.eos_token_id for p in perceptions]
+    seqs = [list(p) + ([] if e else cont[n].tolist()) for n, (p, e) in enumerate(zip(perceptions, ended))]
+    length = max(len(s) for s in seqs)
+    response = torch.tensor([s + [tok.pad_token_id] * (length - len(s)) for s in seqs])
+    response, mask = _truncate_after_eos(response, tok.eos_token_id, tok.pad_token_id)
+    mask = mask * (torch.arange(length)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()
+    perception = (torch.arange(length)[None] < torch.tensor([len(p) for p in perceptions])[:, None]).float()
+    return response, mask, perception
 
 
 class PerceptionMask(Hook):
