@@ -5,11 +5,12 @@ it (`python -m vrl +sweep=evidence_<name>`, one job at a time, OMP_NUM_THREADS=1
 store), then reads the jobs back (their `.hydra/overrides.yaml` and MLflow histories, via `vrl.report`) and writes
 `<out>/evidence_<name>.{md,json,png}`:
 
-- per arm: final greedy `val/accuracy` at the common step (mean, std, min..max, bootstrap 95% CI) and the image-use
-  diagnostics (`diag/accuracy`, `diag/blank/accuracy`, `diag/shuffled/accuracy`, `diag/shuffled/kl`);
+- per arm: final greedy accuracy (`diag/accuracy`: 96 validation rows, at equal optimizer steps; see METRIC) at the
+  common step (mean, std, min..max, bootstrap 95% CI) and the image-use
+  diagnostics (`diag/blank/accuracy`, `diag/shuffled/accuracy`, `diag/blank/kl`, `diag/shuffled/kl`);
 - per comparison (`PAIRS` below): the seed-paired difference, its bootstrap CI, the Wilcoxon signed-rank test and
   the verdict (`no evidence` when the CI covers 0; `vrl/stats.py`);
-- learning curves (mean over seeds, min..max band) of val/accuracy and of the shuffled-image KL.
+- learning curves (mean over seeds, min..max band) of that accuracy and of the shuffled-image KL.
 
     python experiments/evidence.py                                  # all five: ~150 runs; hours on a quiet CPU box
     python experiments/evidence.py --sweeps vppo,pearl --workdir /tmp/ev
@@ -31,8 +32,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-METRIC = "val/accuracy"
-DIAG = ("diag/accuracy", "diag/blank/accuracy", "diag/shuffled/accuracy", "diag/blank/kl", "diag/shuffled/kl")
+#: The compared metric: greedy accuracy on the first 96 validation rows, logged by callbacks.image_use at optimizer
+#: steps 0, 50, 100, ... Not Lightning's val/accuracy: validation runs every val_check_interval *batches* and logs at
+#: the batch count, and a method with dynamic sampling (VPPO, PEARL) has batches without an optimizer step, so its
+#: val/accuracy "at step 250" can be from optimizer step 40 (seen in the smoke run of this script).
+METRIC = "diag/accuracy"
+DIAG = ("diag/blank/accuracy", "diag/shuffled/accuracy", "diag/blank/kl", "diag/shuffled/kl")
 #: sweep -> arm name -> the overrides (as the sweep writes them) that pick the arm's jobs.
 ARMS: dict[str, dict[str, dict[str, str]]] = {
     "vppo": {"grpo": {"+method": "[]"}, "vppo": {"+method": "vppo"}},
@@ -154,7 +159,7 @@ def markdown(name: str, result: dict, cmd: list[str], commit: str) -> str:
 
     tables = markdown_tables({**result, "arms": list(result["arms"].values()), "confidence": 0.95,
                               "min_seeds": 8}, f"{METRIC} @ step {result['step']}")  # fmt: skip
-    lines = [f"# evidence_{name}", "", f"Commit {commit}. Command: `{' '.join(cmd[1:])}`", "", tables, ""]
+    lines = [f"# evidence_{name}", "", f"Commit {commit}. Command: `python {' '.join(cmd[1:])}`", "", tables, ""]
     if result["diag"]:
         keys = list(result["diag"])
         lines += ["Image use (callbacks.image_use; mean over seeds at each metric's common step):", "",
@@ -162,7 +167,7 @@ def markdown(name: str, result: dict, cmd: list[str], commit: str) -> str:
                   "|---|" + "---:|" * len(keys)]  # fmt: skip
         for arm in result["arms"]:
             cells = [result["diag"][k].get(arm, {}).get("mean", math.nan) for k in keys]
-            lines.append(f"| {arm} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+            lines.append(f"| {arm} | " + " | ".join(f"{c:.3g}" for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

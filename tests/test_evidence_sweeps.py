@@ -62,8 +62,11 @@ def test_runner_statistics_on_hand_made_histories():
     runner = _runner()
     arms = {"grpo": [], "vppo": []}
     for seed in range(8):
-        base = {"val/accuracy": [(0, 0.3), (250, 0.4)], "diag/shuffled/kl": [(250, 0.0)]}
-        moved = {"val/accuracy": [(0, 0.3), (250, 0.4 + (0.1 if seed % 2 else -0.1))], "diag/shuffled/kl": [(250, 0.2)]}
+        base = {"diag/accuracy": [(0, 0.3), (250, 0.4)], "diag/shuffled/kl": [(250, 0.0)]}
+        moved = {
+            "diag/accuracy": [(0, 0.3), (250, 0.4 + (0.1 if seed % 2 else -0.1))],
+            "diag/shuffled/kl": [(250, 0.2)],
+        }
         arms["grpo"].append(Run(f"g{seed}", ["+method=[]", f"seed={seed}"], seed, base))
         arms["vppo"].append(Run(f"v{seed}", ["+method=vppo", f"seed={seed}"], seed, moved))
     res = runner.analyse(arms, [("grpo", "vppo")])
