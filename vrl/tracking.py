@@ -270,11 +270,21 @@ class RolloutTableLogger:
         }
         table |= {f"reward/{k}": [] for k in rollout.reward_components}
         table["reward"] = []
+        tools = any("turns" in rollout.samples[i] for i in rows)  # multi-turn: boxes, tool output, transcript
+        if tools:
+            table |= {"tool_image": [], "turns": []}
         for i in rows:
             sample = rollout.samples[i]
             images = sample.get("images") or []
             table["step"].append(step)
             table["group"].append(int(rollout.group_ids[i]))
+            if tools:
+                from vrl.tools.view import boxed_image, transcript
+
+                boxed, outputs = boxed_image(sample), sample.get("tool_images") or []
+                images = [boxed] if boxed is not None else images
+                table["tool_image"].append(mlflow.Image(outputs[-1].convert("RGB")) if outputs else None)
+                table["turns"].append(transcript(sample))
             table["image"].append(mlflow.Image(images[0].convert("RGB")) if images else None)
             table["prompt"].append(str(sample.get("prompt", "")))
             table["response"].append(rollout.responses[i])

@@ -4,6 +4,7 @@ checked for image-token/feature agreement, M-RoPE positions, re-scoring, masks, 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,3 +200,28 @@ def test_describe_tools_lists_them_after_the_system_prompt():
     assert s.system_prompt.splitlines()[-1] == f"- crop: {Crop.description}"
     with pytest.raises(ValueError, match="max_total_tokens"):
         MultiTurnSampler(max_new_tokens=64, max_total_tokens=32)
+
+
+def test_the_rollout_table_shows_boxes_tool_outputs_and_turns(setup, tmp_path):
+    import json
+    from dataclasses import replace
+
+    from vrl.tools.view import boxed_image
+    from vrl.tracking import RolloutTableLogger, build_mlflow_logger
+
+    vlm, rows, sampler, rollout = setup
+    boxed = boxed_image(rollout.samples[0])
+    # the crop's box [0, 0, 28, 28] (original px) is drawn 1 px wide (56 / 200 rounds to 0 -> 1) in #ff2d2d
+    assert boxed.getpixel((0, 10)) == boxed.getpixel((27, 20)) == (255, 45, 45)
+    assert boxed.getpixel((14, 14)) == rows[0]["images"][0].convert("RGB").getpixel((14, 14))
+    logger = build_mlflow_logger(f"sqlite:///{tmp_path}/m.db", "t", artifact_location=str(tmp_path / "artifacts"))
+    n = rollout.num_sequences
+    scored = replace(rollout, rewards=torch.zeros(n), reward_components={"accuracy": torch.zeros(n)})
+    RolloutTableLogger(logger, max_rows=2)(scored, 3)
+    path = logger.experiment.download_artifacts(logger.run_id, "rollouts/step_000003.json", str(tmp_path))
+    table = json.loads(Path(path).read_text())
+    cols = table["columns"]
+    turns = table["data"][0][cols.index("turns")]
+    assert turns.splitlines()[1] == "  -> crop: 1 image(s), box [0, 0, 28, 28]"
+    assert "  -> error: unknown tool 'nope'; tools: crop" in turns.splitlines()
+    assert table["data"][0][cols.index("tool_image")] is not None
