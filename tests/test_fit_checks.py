@@ -90,3 +90,16 @@ def test_lora_in_a_frozen_vision_tower_is_an_error(compose):
 
 def test_the_default_run_fits_without_warnings(compose, caplog):
     assert _warnings(compose, caplog, []) == []
+
+
+def test_tool_rewards_need_the_multi_turn_sampler(compose, caplog):
+    # a tool preset with its sampler overridden stops at its tools (the single-turn sampler has no such key) ...
+    with pytest.raises(ConfigError, match="sampler.tools: unknown key"):
+        validate_config(compose(["+method=zoom", "sampler=hf_generate", "output_dir=/tmp/x"]))
+    # ... and a tool reward term on a single-turn run at the term
+    term = "+reward.tf={_target_:vrl.rewards.tools.ToolFormat,weight:0.1}"
+    with pytest.raises(ConfigError, match="reward.tf scores tool trajectories"):
+        validate_config(compose([term, "output_dir=/tmp/x"]))
+    assert not _warnings(compose, caplog, ["experiment=none", "+method=zoom"])
+    message = _one(_warnings(compose, caplog, ["sampler=multi_turn"]), "has no tools")
+    assert "+tool@sampler.tools.crop=crop" in message

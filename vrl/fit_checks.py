@@ -30,6 +30,7 @@ def check_fit(cfg: DictConfig) -> None:
     _check_tag_rewards(cfg)
     _check_validation_schedule(cfg)
     _check_lora_vision(cfg)
+    _check_tool_rollouts(cfg)
 
 
 def _nodes(cfg: DictConfig, group: str, cls_path: str) -> dict[str, Any]:
@@ -160,4 +161,26 @@ def _check_lora_vision(cfg: DictConfig) -> None:
         raise ConfigError(
             "model.freeze_vision=true contradicts model.lora.include_vision=true (its vision adapters would not "
             "train); drop one of them"
+        )
+
+
+def _check_tool_rollouts(cfg: DictConfig) -> None:
+    """Tool reward terms read multi-turn trajectories; a multi-turn sampler without tools makes every call invalid."""
+    sampler = cfg.get("sampler") or {}
+    multi = str(sampler.get("_target_", "")) == "vrl.sampler.multi_turn.MultiTurnSampler"
+    terms = [
+        n
+        for n, t in (cfg.get("reward") or {}).items()
+        if t and str(t.get("_target_", "")).startswith("vrl.rewards.tools.")
+    ]
+    if terms and not multi:
+        raise ConfigError(
+            f"reward.{terms[0]} scores tool trajectories, but sampler={sampler.get('_target_')} makes single-turn "
+            "rollouts (the tool presets set sampler=multi_turn; a later sampler override replaced it); drop the "
+            "override or the term"
+        )
+    if multi and not sampler.get("tools") and int(sampler.get("max_turns", 0)) > 0:
+        log.warning(
+            "sampler=multi_turn has no tools (sampler.tools is empty): every call gets an error observation; add "
+            "one, e.g. +tool@sampler.tools.crop=crop, or set sampler.max_turns=0"
         )
