@@ -64,6 +64,9 @@ def test_find_models_walks_rewards_hooks_and_lists_once():
     term = VisualPerception(judge=local)
     found = find_models({"reward": {"visual": term, "other": Term()}, "hooks": [policy, policy]})
     assert found == [("reward.visual.judge", local), ("hooks.0", policy)]  # the second `policy` is the same object
+    stage = {"hooks": [{"stages": {"late": {"reward": {"terms": {"visual": term}}}}}]}  # a curriculum stage's reward
+    assert find_models(stage) == [("hooks.0.stages.late.reward.terms.visual.judge", local)]
+    assert find_models({"rows": [{"j": term}] * 300}) == []  # long containers (data rows) are not searched
 
 
 def test_policy_judge_is_bound_without_a_copy(tiny_lm_vlm):

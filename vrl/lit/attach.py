@@ -22,11 +22,16 @@ from typing import Any
 
 import torch
 
-#: How deep the walk looks below a root (reward set -> terms -> term -> judge is 3).
-MAX_DEPTH = 4
+#: How deep the walk looks below a root (reward set -> terms -> term -> judge is 3; a curriculum hook's stage
+#: rewards are deeper: hooks -> list -> hook -> stages -> stage -> reward set -> terms -> term -> judge).
+MAX_DEPTH = 8
+#: Longer lists and mappings (rows a hook keeps, say) are not searched: judges sit in small containers.
+MAX_ITEMS = 256
 
 
 def _children(obj: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(obj, (Mapping, list, tuple)) and len(obj) > MAX_ITEMS:
+        return
     if isinstance(obj, Mapping):
         yield from ((str(k), v) for k, v in obj.items())
     elif isinstance(obj, (list, tuple)):
