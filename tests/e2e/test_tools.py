@@ -1,5 +1,5 @@
-"""Tool presets train on the tiny VLM: `zoom`, `ergo` and `vacot` on the zoom task, sampled and scripted (real
-tool calls through the whole loop), and the VPPO stack."""
+"""Tool presets train on the tiny VLM: `zoom`, `ergo`, `vacot`, `visrl_online` on the zoom task, sampled and
+scripted (real tool calls through the whole loop), and the VPPO stack."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def _fit(compose, overrides, script=None):
     return cap.metrics
 
 
-@pytest.mark.parametrize("preset", ["zoom", "ergo", "vacot"])
+@pytest.mark.parametrize("preset", ["zoom", "ergo", "vacot", "visrl_online"])
 def test_tool_presets_train_a_few_steps(compose, tiny_overrides, preset):
-    extra = ["data.train.instruction=zoom"] if preset == "ergo" else []
+    extra = {"ergo": ["data.train.instruction=zoom"], "visrl_online": ["data.train.instruction=box01"]}.get(preset, [])
     metrics = _fit(compose, tiny_overrides + SMALL + extra + [f"+method={preset}", "trainer.limit_val_batches=0"])
     last = metrics[-1]
     assert len(metrics) == 2 and math.isfinite(last["train/loss"])

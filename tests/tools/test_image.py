@@ -62,6 +62,8 @@ def test_a_tiny_box_grows_to_one_merged_patch_and_the_upscale_is_capped():
     normalized = Crop(zoom_pixels=None, normalized=1000)(state, {"bbox_2d": [250, 500, 500, 1000]})
     # 0-1000 scale: x * 448 / 1000, y * 336 / 1000 -> [112, 168, 224, 336]
     assert normalized.box == [112, 168, 224, 336]
+    fractions = Crop(zoom_pixels=None, normalized=1)(state, {"bbox_2d": [0.25, 0.5, 0.5, 1.0]})
+    assert fractions.box == [112, 168, 224, 336]  # VisRL's 0-1 boxes: the same region
 
 
 @pytest.mark.parametrize(

@@ -31,13 +31,16 @@ GREY = 128
 QUESTION = "<image>\nWhat colour is the small checkered patch inside the black frame?"
 
 #: How the prompt asks for the tool: ``json`` (``<tool_call>`` JSON, sampler.call_* defaults), ``zoom`` (ERGO's
-#: bare ``<zoom>[x1,y1,x2,y2]</zoom>``), ``none`` (the question alone: a no-tool baseline).
+#: bare ``<zoom>[x1,y1,x2,y2]</zoom>``), ``box01`` (VisRL's 0-1 box in ``<box>`` tags), ``none`` (the question
+#: alone: a no-tool baseline).
 INSTRUCTIONS = {
     "json": " It is too small to see here: zoom in with "
     '<tool_call>{"name": "crop", "arguments": {"bbox_2d": [x1, y1, x2, y2]}}</tool_call>, '
     "then answer with one word in <answer></answer>.",
     "zoom": " It is too small to see here: output <zoom>[x1, y1, x2, y2]</zoom> to see the region enlarged, "
     "then answer with one word in <answer></answer>.",
+    "box01": " It is too small to see here: first give the region as <box>[x1, y1, x2, y2]</box> with "
+    "coordinates from 0 to 1, then answer from the enlarged region with one word in <answer></answer>.",
     "none": " Answer with one word.",
 }
 
@@ -95,7 +98,7 @@ def build_zoom(
             tiny model's 224 x 224), or the overview is not downsampled and the colour is visible without a tool.
         patch: checkerboard side in px (even).
         colours: answer colours, a subset of ``PALETTE``.
-        instruction: how the prompt asks for the tool (``INSTRUCTIONS``: json | zoom | none).
+        instruction: how the prompt asks for the tool (``INSTRUCTIONS``: json | zoom | box01 | none).
     """
     unknown = [c for c in colours if c not in PALETTE]
     if instruction not in INSTRUCTIONS:
