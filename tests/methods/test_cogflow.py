@@ -97,3 +97,38 @@ def test_geometry_rows_are_reproducible_and_answerable():
         assert row["answer"] == str(len(prims[kind])) and row["answer_type"] == "number"
     with pytest.raises(ValueError, match="tasks"):
         build_geometry(num_samples=1, tasks=["angles"])
+
+
+def test_clip_similarity_is_half_cos_plus_one_of_the_image_embeddings():
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from vrl.methods.cogflow import ClipSimilarity
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=8,
+    )
+    model = CLIPModel(config).eval()
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    sim = ClipSimilarity(model, processor)
+    rows = build_geometry(num_samples=2, image_size=56)
+    a, b = rows[0]["images"][0], rows[1]["images"][0]
+    pixels = processor(images=[a, b], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=pixels)
+    emb = getattr(out, "pooler_output", out)
+    cos = float(torch.dot(emb[0], emb[1]) / (emb[0].norm() * emb[1].norm()))
+    assert sim(a, b) == pytest.approx((cos + 1) / 2, abs=1e-6) and sim(a, a) == pytest.approx(1.0, abs=1e-6)
+    prims = json.loads(rows[0]["primitives"])
+    exact = f"<WATCHING>{_watching(prims)}</WATCHING><THINKING>t</THINKING><ANSWER>1</ANSWER>"
+    assert VSRReward(similarity=sim)([exact], [rows[0]])[0] == pytest.approx(1.0, abs=1e-6)  # identical render

@@ -18,9 +18,9 @@ in the diagram's pixel frame (x right, y down; ``vrl.data.geometry``). Rewards:
   [NF]; this keeps |dC| and the Hausdorff term on the angle's scale), dtheta is in radians.
 - :class:`VSRReward` (render and compare): the perception re-rendered with the data's own renderer
   (``vrl.data.geometry.render_primitives``) and compared with the diagram. The paper embeds both with FG-CLIP and
-  maps the cosine to (cos + 1) / 2; vrl's CPU default (no weights offline) embeds each as its blurred ink map
-  (1 - grey level, Gaussian blur ``blur`` px) and uses the cosine, already in [0, 1]: a perfect perception scores
-  1, an unrelated one near 0.
+  maps the cosine to (cos + 1) / 2 (:class:`ClipSimilarity`, ``reward.vsr.similarity``); vrl's CPU default (no
+  weights offline) embeds each as its blurred ink map (1 - grey level, Gaussian blur ``blur`` px) and uses the
+  cosine, already in [0, 1]: a perfect perception scores 1, an unrelated one near 0.
 
 Both visual terms are 0 when the format fails (as published). The total ``sum_k w_k x_k / sum_k w_k`` over
 {VSR, VPR, accuracy, format} is the reward set with weights 0.25 each (``conf/reward/cogflow.yaml``); the learned
@@ -152,6 +152,40 @@ def ink_similarity(a: Any, b: Any, blur: float = 2.0) -> float:
     return float(np.dot(x, y) / norm) if norm > 0 else 0.0
 
 
+class ClipSimilarity:
+    """The paper's VSR similarity: ``(cos + 1) / 2`` of two images' CLIP image embeddings (FG-CLIP in the paper;
+    ``infer.py`` falls back to ``openai/clip-vit-base-patch32``). Its model is frozen and registered with the
+    training module (``module()``), like a local judge's.
+
+    Args:
+        model: a path or hub id (``CLIPModel``; loaded on first use) or a built model.
+        processor: a ``CLIPImageProcessor`` (or a path); None loads it from ``model``.
+    """
+
+    def __init__(self, model: Any, processor: Any = None) -> None:
+        self._model, self._processor = model, processor if processor is not None else model
+
+    def module(self) -> Any:
+        from transformers import CLIPImageProcessor, CLIPModel
+
+        if isinstance(self._model, str):
+            self._model = CLIPModel.from_pretrained(self._model)
+        if isinstance(self._processor, str):
+            self._processor = CLIPImageProcessor.from_pretrained(self._processor)
+        return self._model.eval().requires_grad_(False)
+
+    def __call__(self, a: Any, b: Any) -> float:
+        import torch
+
+        model = self.module()
+        pixels = self._processor(images=[a.convert("RGB"), b.convert("RGB")], return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            out = model.get_image_features(pixel_values=pixels.to(model.device))
+        emb = getattr(out, "pooler_output", out)  # a tensor, or an output object in newer transformers
+        cos = torch.nn.functional.cosine_similarity(emb[0:1].float(), emb[1:2].float()).item()
+        return (cos + 1.0) / 2.0
+
+
 class CogFlowFormat:
     """1.0 when the response is ``<WATCHING>..</WATCHING> <THINKING>..</THINKING> <ANSWER>..</ANSWER>``."""
 
@@ -212,15 +246,27 @@ class VSRReward(_Perception):
     Args:
         weight: the reward set's weight; require_format: 0 unless the whole format holds (published);
         blur: Gaussian blur radius in pixels of the ink maps (tolerance to a few pixels' offset);
+        similarity: None (ink maps, the CPU default) or a callable ``(image, image) -> [0, 1]`` such as
+            :class:`ClipSimilarity` (the paper's);
         name: key under which the reward set logs this term.
     """
 
-    def __init__(self, weight: float = 0.25, require_format: bool = True, blur: float = 2.0, name: str = "vsr"):
+    def __init__(
+        self,
+        weight: float = 0.25,
+        require_format: bool = True,
+        blur: float = 2.0,
+        similarity: Any = None,
+        name: str = "vsr",
+    ) -> None:
         super().__init__(weight, require_format, name)
-        self.blur = blur
+        self.blur, self.similarity = blur, similarity
 
     def score(self, perception: Mapping[str, Any], sample: Mapping[str, Any]) -> float:
         image = sample["images"][0]
         if not (perception["lines"] or perception["circles"] or perception["points"]):
             return 0.0
-        return ink_similarity(image, render_primitives(perception, image.size[0]), self.blur)
+        rendered = render_primitives(perception, image.size[0])
+        if self.similarity is not None:
+            return float(self.similarity(image, rendered))
+        return ink_similarity(image, rendered, self.blur)
