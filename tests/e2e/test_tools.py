@@ -66,3 +66,29 @@ def test_zoom_stacks_with_vppo(compose, tiny_overrides):
     metrics = _fit(compose, over, script=[CALL, "<answer>red</answer>"])
     # blackening patches of the prompt image and of the crop changes the answer turn's log-probs
     assert metrics[-1]["vppo/dependency_mean"] > 0 and metrics[-1]["tools/calls_per_traj"] == 1.0
+
+
+@pytest.mark.slow
+def test_a_multi_turn_run_resumes_exactly(compose, tiny_overrides, tmp_path):
+    import torch
+
+    base = [o for o in tiny_overrides if not o.startswith(("output_dir", "trainer.max_steps"))]
+    base += SMALL + ["+method=zoom", "+reward.length={_target_:vrl.rewards.LengthPenalty,target:12}"]
+    base += ["ckpt_every=1", "trainer.limit_val_batches=0"]
+    keys = ["rollout/reward_mean", "train/grad_norm", "tools/turns_mean", "tools/observation_tokens_mean"]
+
+    def run(out, steps, ckpt=None):
+        cfg = compose(
+            base + [f"output_dir={out}", f"trainer.max_steps={steps}"] + ([f"ckpt_path={ckpt}"] if ckpt else [])
+        )
+        L.seed_everything(cfg.seed, verbose=False)
+        module, cap = build_module(cfg), Capture()
+        build_trainer(cfg, callbacks=[cap]).fit(module, ckpt_path=cfg.ckpt_path)
+        return module, [[m[k] for k in keys] for m in cap.metrics]
+
+    straight, steps = run(tmp_path / "a", 2)
+    _, first = run(tmp_path / "b", 1)
+    resumed, second = run(tmp_path / "b", 2, tmp_path / "b" / "checkpoints" / "last.ckpt")
+    assert first + second == steps  # the sampled trajectories (and their tool turns) repeat after the resume
+    a, b = dict(straight.policy.named_parameters()), dict(resumed.policy.named_parameters())
+    assert all(torch.equal(a[n], b[n]) for n in a)
