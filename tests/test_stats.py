@@ -111,3 +111,15 @@ def test_compare_runs_reads_every_arm_at_the_common_step():
     (p,) = res["paired"]
     assert p["mean_diff"] == pytest.approx(0.5) and p["verdict"] == "vppo > grpo"  # 0.9 - 0.4 in every seed
     assert compare_runs([("grpo", 0, [(1, 0.0)])]) is None  # one group: nothing to pair
+
+
+def test_paired_tables_reports_what_cannot_be_compared():
+    from vrl.stats import paired_tables
+
+    runs = [("a", 0, {"acc": [(1, 0.1)]}), ("b", 0, {"acc": [(2, 0.2)]})]
+    assert "equal steps" in paired_tables(runs, ["acc"])["acc"]["error"]  # the runs share no step
+    assert (
+        "baseline"
+        in paired_tables([("a", 0, {"acc": [(1, 0.1)]}), ("b", 0, {"acc": [(1, 0.2)]})], ["acc"], "c")["acc"]["error"]
+    )
+    assert paired_tables([("a", 0, {"acc": [(1, 0.1)]})], ["acc"]) == {}  # one group: nothing to pair

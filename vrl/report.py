@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vrl.stats import paired_tables
+
 #: Plotted by default, when the runs logged them; the first four also go into the final-metric table.
 METRICS = ("val/accuracy", "rollout/reward_mean", "rollout/accuracy", "train/loss", "policy/kl_ref", "train/grad_norm")
 STEP_TIME = "perf/step_time_s"
@@ -299,22 +301,6 @@ over seeds, then each seed's value.</p>
     return path
 
 
-def _paired_tables(runs: list[Run], metrics: list[str], baseline: str | None) -> dict[str, Any]:
-    """Per metric: every group paired seed by seed against ``baseline`` at the runs' common step (``vrl.stats``)."""
-    from vrl.stats import compare_runs, markdown_tables
-
-    out = {}
-    for metric in metrics:
-        try:
-            res = compare_runs([(r.group, r.seed, r.history.get(metric, [])) for r in runs], baseline)
-        except ValueError as err:  # no shared step, or an unknown baseline: say so in the report
-            out[metric] = {"error": str(err)}
-            continue
-        if res is not None:
-            out[metric] = {**res, "markdown": markdown_tables(res, metric)}
-    return out
-
-
 def _compared_html(compared: dict | None) -> str:
     parts = []
     for metric, res in (compared or {}).items():
@@ -343,7 +329,7 @@ def report(
     images = plot(runs, metrics, out)
     table_metrics = metrics[:4]
     groups = summarise(runs, table_metrics)
-    compared = _paired_tables(runs, table_metrics[:1], baseline)
+    compared = paired_tables([(r.group, r.seed, r.history) for r in runs], table_metrics[:1], baseline)
     write_html(out, title, groups, table_metrics, images, compared)
     summary = {"title": title, "metrics": table_metrics, "groups": groups, "comparisons": compared}
     (out / "report.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -239,3 +239,29 @@ def compare_runs(
     for group, seed, history in kept:
         arms[group][int(seed)] = value_at(history, step)
     return {**compare_arms(arms, baseline, confidence, min_seeds), "step": step}
+
+
+def paired_tables(
+    runs: Sequence[tuple[str, int | None, Mapping[str, Sequence[tuple[int, float]]]]],
+    metrics: Sequence[str],
+    baseline: str | None = None,
+) -> dict[str, dict]:
+    """Per metric, :func:`compare_runs` plus its :func:`markdown_tables` (``vrl report``'s paired section).
+
+    Args:
+        runs: (group, seed, metric -> history) per run.
+
+    Returns:
+        metric -> the comparison with a ``markdown`` entry, or ``{"error": ...}`` when the runs share no step or the
+        baseline is not a group (the report says so instead of failing).
+    """
+    out = {}
+    for metric in metrics:
+        try:
+            res = compare_runs([(g, s, h.get(metric, [])) for g, s, h in runs], baseline)
+        except ValueError as err:
+            out[metric] = {"error": str(err)}
+            continue
+        if res is not None:
+            out[metric] = {**res, "markdown": markdown_tables(res, metric)}
+    return out
