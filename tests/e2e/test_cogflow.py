@@ -31,4 +31,7 @@ def test_cogflow_trains_two_steps(compose, tiny_overrides, train_perception):
     metrics = trainer.callback_metrics
     for name in ("vpr", "vsr", "format", "accuracy"):
         assert math.isfinite(float(metrics[f"reward/{name}_mean"]))
+    tries, accepted = float(metrics["vgpo/tries_mean"]), float(metrics["vgpo/accepted_frac"])
+    assert 1.0 <= tries <= 3.0 and 0.0 <= accepted <= 1.0  # the gate ran in the training rollouts
+    assert accepted == 1.0 or tries > 1.0  # a sequence left below tau was drawn K = 3 times
     assert any(not torch.equal(p, before[n]) for n, p in module.policy.named_parameters() if p.requires_grad)

@@ -233,12 +233,27 @@ def _joined(perceptions: Sequence[list[int]], cont: torch.Tensor, tok: Any) -> t
 class PerceptionMask(Hook):
     """H9: with ``train_perception=false`` the gated perception's tokens leave the policy-gradient term (the
     reasoning after it is trained); with ``true`` (default) nothing changes. Reads ``rollout.extras
-    ["vgpo_perception"]`` written by :class:`VGPOSampler` (absent: no gate ran, nothing masked)."""
+    ["vgpo_perception"]`` written by :class:`VGPOSampler` (absent: no gate ran, nothing masked). H5: logs the gate's
+    ``vgpo/tries_mean`` (draws per sequence), ``vgpo/accepted_frac`` (kept perception >= ``tau``) and
+    ``vgpo/score_mean`` (the kept perceptions' scores) of each draw.
+
+    Args:
+        train_perception: keep the perception tokens in the policy-gradient term ([NF] semantics, see above).
+        tau: the sampler's acceptance threshold (for ``accepted_frac``; the preset interpolates it).
+    """
 
     order = 50
 
-    def __init__(self, train_perception: bool = True) -> None:
-        self.train_perception = train_perception
+    def __init__(self, train_perception: bool = True, tau: float = 0.75) -> None:
+        self.train_perception, self.tau = train_perception, tau
+
+    def on_rollout(self, rollout: Rollout, ctx: StepContext) -> Rollout:
+        if "vgpo_tries" in rollout.extras:
+            tries, score = rollout.extras["vgpo_tries"].float(), rollout.extras["vgpo_score"].float()
+            accepted = (score >= self.tau).float().mean()
+            ctx.log({"vgpo/tries_mean": float(tries.mean()), "vgpo/accepted_frac": float(accepted)})
+            ctx.log({"vgpo/score_mean": float(score.mean())})
+        return rollout
 
     def token_weights(self, rollout: Rollout, ctx: StepContext) -> TokenWeights | None:
         if self.train_perception or "vgpo_perception" not in rollout.extras:
