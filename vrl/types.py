@@ -52,7 +52,8 @@ class Rollout:
             Qwen-VL needs it to build M-RoPE positions; without it positions silently fall back to 1-D.
         rewards: [N] weighted total reward.
         reward_components: name -> [N] unweighted values of each reward term.
-        advantages: [N] sequence-level advantage (broadcast over tokens by the loss).
+        advantages: [N] sequence-level advantage (broadcast over tokens by the loss), or [N, L] per token from an
+            estimator that reads the rollout (``uses_rollout``: Vision-SR1 v2 puts one advantage on the description).
         old_logprobs: [N, L] log-probs of the sampling policy (detached).
         ref_logprobs: [N, L] log-probs of the frozen reference, or None when no KL term is used.
         loss_mask: [N, L] token-level weights in [0, 1] on the policy-gradient term (hook H9);
