@@ -145,19 +145,34 @@ class PreferenceSettings:
                 raise ValueError(f"preference.{knob} must be >= 1 or null, got {value}")
 
 
+def side_row(row: dict, seg: Mapping[str, Any], side: str) -> dict:
+    """The row one side of a segment is conditioned on: ``<side>_prompt`` or ``prompt`` replaces the row's prompt,
+    and ``<side>_crop`` (a normalised box, or null for the whole image) appends that crop of the row's first image
+    (VisRL's answer step sees its own crop)."""
+    prompt = seg.get(f"{side}_prompt") or seg.get("prompt")
+    out = {**row, "prompt": prompt} if prompt else row
+    if f"{side}_crop" in seg:
+        from vrl.data.crop import crop
+
+        out = {**out, "images": [*row["images"], crop(row["images"][0], seg[f"{side}_crop"])]}
+    return out
+
+
 def pair_batch(ctx: Any, data: Any, records: Sequence[Mapping[str, Any]], loss: DPOLoss) -> PreferenceBatch:
     """Teacher-forced chosen and rejected segments of ``records`` (via ``ctx.pairs``: prompts encoded as the
-    sampler encodes them); a segment's ``prompt`` replaces its row's."""
-    rows, chosen, rejected, weights = [], [], [], []
+    sampler encodes them), each side on its :func:`side_row`."""
+    rows = {"chosen": [], "rejected": []}
+    texts = {"chosen": [], "rejected": []}
+    weights = []
     for record in records:
         row = dataset_row(data, int(record["index"]))
         for seg in record["segments"]:
-            rows.append({**row, "prompt": seg["prompt"]} if seg.get("prompt") else row)
-            chosen.append(seg["chosen"])
-            rejected.append(seg["rejected"])
+            for side in rows:
+                rows[side].append(side_row(row, seg, side))
+                texts[side].append(seg[side])
             weights.append(float(seg.get("weight", 1.0)))
-    weights = torch.tensor(weights)
-    return PreferenceBatch(ctx.pairs(rows, chosen), ctx.pairs(rows, rejected), weights, len(records), loss)
+    chosen, rejected = (ctx.pairs(rows[s], texts[s]) for s in ("chosen", "rejected"))
+    return PreferenceBatch(chosen, rejected, torch.tensor(weights), len(records), loss)
 
 
 def dpo_loss(

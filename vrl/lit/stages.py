@@ -211,9 +211,9 @@ class StageScheduler(Hook):
         if not self.done and self.steps_in_stage > 0 and _on_any_rank(ctx, self._rule_fired(ctx)):
             self._advance(ctx)
         while not self.done and self.steps_in_stage == 0 and not self._enter(ctx):
-            # an SFT stage whose judge kept nothing has nothing to fit: skip it (or end, if it is the last)
+            # an SFT or DPO stage that kept no pairs has nothing to fit: skip it (or end, if it is the last)
             if self.index == len(self.stages) - 1:
-                self._finish(ctx, "kept no SFT pairs")
+                self._finish(ctx, "kept no pairs")
             else:
                 self._advance(ctx)
         if self.done:
