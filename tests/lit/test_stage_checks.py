@@ -41,3 +41,17 @@ def test_a_last_stage_without_reward_signal_is_flagged_at_start(compose, tiny_ov
     assert check.results["warm"]["spread"] > 0  # the run's reward with the length term varies within groups
     flagged = [r.getMessage() for r in caplog.records if "curriculum: stage" in r.getMessage()]
     assert len(flagged) == 1 and "'boxes' (the last RL stage)" in flagged[0]
+
+
+def test_a_cold_policy_is_noted_not_warned(compose, tiny_overrides, caplog):
+    # both stages ask for boxes in 1 token without the length term: the first stage has no spread either
+    stage = f"{{_target_:vrl.lit.stages.Stage,data:{BOXES},max_new_tokens:1,reward:{{length:null}},after_steps:1}}"
+    curriculum = f"+hooks.curriculum={{_target_:vrl.lit.stages.StageScheduler,stages:{{a:{stage},b:{stage}}}}}"
+    cfg = compose([*tiny_overrides, LENGTH_REWARD, curriculum, "trainer.max_steps=1", "trainer.limit_val_batches=0"])
+    module, trainer = build_module(cfg), build_trainer(cfg)
+    (check,) = [c for c in trainer.callbacks if isinstance(c, CurriculumCheck)]
+    with caplog.at_level(logging.INFO, logger="vrl"):
+        trainer.fit(module)
+    assert check.results["a"]["spread"] == check.results["b"]["spread"] == 0.0  # stages=last still measured the first
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("curriculum:")]
+    assert [lvl for lvl, _ in messages] == [logging.INFO] and "cold start" in messages[0][1]

@@ -5,9 +5,10 @@ stage's ``max_new_tokens``, a route format it never emits) ends the run on steps
 and only the KL or entropy terms move the policy; the issue-6 RewardMap runs lost in their last 32 steps what the
 earlier stages had reached (experiments/LOG.md, 2026-11-25). Nothing in the config says so, so this callback
 measures it once, before the first step: the initial policy samples G responses for the first ``prompts`` rows of
-the stage's data, with the stage's sampling settings and reward, and when no group has two different rewards it
-warns (and tags the MLflow run ``curriculum/zero_signal_stage``). It is a warning, not an error: earlier stages
-may teach what the last one needs; the check says that they must.
+the stage's data, with the stage's sampling settings and reward, and when no group has two different rewards while
+the first RL stage does have a spread, it warns (and tags the MLflow run ``curriculum/zero_signal_stage``). When the
+first stage has none either (a cold policy: every stage scores 0 at the start) it only notes that at info level. It
+is a warning, not an error: earlier stages may teach what the last one needs; the check says that they must.
 
 Why a callback: it reads the curriculum hook and the module and writes only a log line and a tag; it draws its
 samples under a forked RNG so the run's numbers do not depend on it. Rank 0, fresh runs only (a resumed run was
@@ -83,13 +84,19 @@ class CurriculumCheck(Callback):
     def check(self, trainer: Any, module: Any, scheduler: StageScheduler) -> None:
         rl = [i for i, s in enumerate(scheduler.stages) if s.kind == "rl"]
         chosen = rl[-1:] if self.stages == "last" else rl
-        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         for index in chosen:
-            stage = scheduler.stages[index]
-            with torch.random.fork_rng(devices=cuda):
-                found = stage_signal(module, scheduler, index, self.prompts)
-            self.results[stage.name] = found
+            found = self._measure(module, scheduler, index)
             if found["spread"] > 0:
+                continue
+            stage = scheduler.stages[index]
+            if index == rl[-1] and rl[0] != index and self._measure(module, scheduler, rl[0])["spread"] == 0:
+                # a cold policy: the first stage has no signal either, so this says nothing about the last one
+                log.info(
+                    "curriculum: neither the first stage %r nor the last %r gives the starting policy a reward "
+                    "spread (a cold start); the last stage's signal rests on what the earlier ones teach",
+                    scheduler.stages[rl[0]].name,
+                    stage.name,
+                )
                 continue
             last = " (the last RL stage)" if index == rl[-1] else ""
             log.warning(
@@ -103,3 +110,11 @@ class CurriculumCheck(Callback):
                 found["reward_mean"],
             )
             tag_run(trainer.logger, "curriculum/zero_signal_stage", stage.name)
+
+    def _measure(self, module: Any, scheduler: StageScheduler, index: int) -> dict[str, float]:
+        name = scheduler.stages[index].name
+        if name not in self.results:
+            cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=cuda):
+                self.results[name] = stage_signal(module, scheduler, index, self.prompts)
+        return self.results[name]
