@@ -294,15 +294,6 @@ def yes_probability(
     return 1.0 / (1.0 + math.exp(lp_no - lp_yes))
 
 
-def count_replies(stats: JudgeStats, replies: Sequence[Reply]) -> None:
-    """``calls`` for every answered reply, ``request_failures`` for the others."""
-    for reply in replies:
-        if reply.ok:
-            stats.calls += 1
-        else:
-            stats.request_failures += 1
-
-
 def parse_score(text: str) -> float | None:
     """One ``<infoK>`` value as a score in [0, 1], or None when it is not a number or a yes/no word.
 
