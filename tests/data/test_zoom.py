@@ -50,6 +50,9 @@ def test_rows_are_reproducible_and_checked():
     assert build_zoom(4, seed=3, split="val")[0]["uid"] != a[0]["uid"]
     with pytest.raises(ValueError, match="patch even"):
         build_zoom(2, patch=11)
+    ground = build_zoom(2, seed=3, task="ground")[0]  # the same draw, its box as the answer
+    assert json.loads(ground["answer"]) == json.loads(a[0]["meta"])["detail_box"]
+    assert ground["answer_type"] == "bbox"
 
 
 def test_the_overview_hides_the_colour_and_a_crop_shows_it(vlm):

@@ -92,3 +92,13 @@ def test_a_multi_turn_run_resumes_exactly(compose, tiny_overrides, tmp_path):
     assert first + second == steps  # the sampled trajectories (and their tool turns) repeat after the resume
     a, b = dict(straight.policy.named_parameters()), dict(resumed.policy.named_parameters())
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_geovis_searches_then_trains(compose, tiny_overrides):
+    over = tiny_overrides + ["data=zoom", "data.train.num_samples=8", "data.train.task=ground", "+method=geovis"]
+    metrics = _fit(compose, over + ["sampler.max_new_tokens=8", "trainer.limit_val_batches=0"])
+    last = metrics[-1]
+    # every search spends its 16-node budget; where ties send it through both covering children first, the budget
+    # runs out at depth 2 (as for some rows here), else it reaches depth 3
+    assert last["search/nodes_mean"] == 16.0 and 2.0 <= last["search/depth_mean"] <= 3.0
+    assert math.isfinite(last["train/loss"]) and "reward/accuracy_mean" in last

@@ -58,8 +58,21 @@ def render(colour: str, x0: int, y0: int, canvas: int, patch: int, ring: int = 2
     return Image.fromarray(a)
 
 
+GROUND = (
+    "<image>\nWhere is the small checkered patch inside the black frame? Answer its box [x1, y1, x2, y2] in the "
+    "pixels of the enlarged region, in <answer></answer>."
+)
+
+
 def zoom_row(
-    i: int, seed: int, split: str, canvas: int, patch: int, colours: list[str], instruction: str = "json"
+    i: int,
+    seed: int,
+    split: str,
+    canvas: int,
+    patch: int,
+    colours: list[str],
+    instruction: str = "json",
+    task: str = "colour",
 ) -> dict:
     """Row ``i``: colour and position drawn from (seed, split, i) alone, so rows are reproducible one by one."""
     rng = random.Random(f"zoom-{seed}-{split}-{i}")
@@ -68,12 +81,13 @@ def zoom_row(
     x0 = 2 * rng.randrange(margin // 2, (canvas - 2 * margin) // 2)  # even: cells align with a 2x downsample
     y0 = 2 * rng.randrange(margin // 2, (canvas - 2 * margin) // 2)
     meta = {"detail_box": [x0, y0, x0 + patch, y0 + patch], "canvas": canvas, "colour": colour}
+    ground = task == "ground"  # GeoViS-style grounding: the answer is the checkerboard's box, original pixels
     return {
-        "prompt": QUESTION + INSTRUCTIONS[instruction],
+        "prompt": GROUND if ground else QUESTION + INSTRUCTIONS[instruction],
         "images": [render(colour, x0, y0, canvas, patch)],
-        "answer": colour,
-        "answer_type": "text",
-        "task": "zoom",
+        "answer": json.dumps(meta["detail_box"]) if ground else colour,
+        "answer_type": "bbox" if ground else "text",
+        "task": "zoom_ground" if ground else "zoom",
         "format": "open",
         "meta": json.dumps(meta),
         "uid": f"zoom-{split}-{seed}-{i}",
@@ -88,6 +102,7 @@ def build_zoom(
     patch: int = 12,
     colours: list[str] | tuple[str, ...] = ("red", "green", "blue"),
     instruction: str = "json",
+    task: str = "colour",
 ) -> datasets.Dataset:
     """The zoom task as a ``datasets.Dataset`` (rendered in memory: ~1 ms a row).
 
@@ -99,8 +114,11 @@ def build_zoom(
         patch: checkerboard side in px (even).
         colours: answer colours, a subset of ``PALETTE``.
         instruction: how the prompt asks for the tool (``INSTRUCTIONS``: json | zoom | box01 | none).
+        task: ``colour`` (name the checkerboard's colour) or ``ground`` (its box in original pixels; GeoViS).
     """
     unknown = [c for c in colours if c not in PALETTE]
+    if task not in ("colour", "ground"):
+        raise ValueError(f"data zoom: task must be 'colour' or 'ground', got {task!r}")
     if instruction not in INSTRUCTIONS:
         raise ValueError(f"data zoom: instruction must be one of {sorted(INSTRUCTIONS)}, got {instruction!r}")
     if unknown or patch % 2 or patch < 2 or canvas < 4 * patch + 32:
@@ -110,7 +128,7 @@ def build_zoom(
         )
     rows = []
     for i in range(num_samples):
-        row = zoom_row(i, int(seed), str(split), int(canvas), int(patch), list(colours), instruction)
+        row = zoom_row(i, int(seed), str(split), int(canvas), int(patch), list(colours), instruction, task)
         buf = io.BytesIO()
         row["images"][0].save(buf, format="PNG")
         row["images"] = [{"bytes": buf.getvalue(), "path": None}]
