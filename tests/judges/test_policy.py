@@ -58,3 +58,18 @@ def test_an_unbound_judge_fails_each_chat_clearly():
     judge = PolicyJudge()
     (reply,) = judge.complete(CHATS[:1])
     assert not reply.ok and "not bound" in reply.error and judge.stats.request_failures == 1
+
+
+def test_annotation_verdicts_through_the_policy(vlm, prompt):
+    from vrl.judges import JudgeItem, parse_verdict
+
+    judge = PolicyJudge(max_new_tokens=4, prompt=prompt)
+    judge.bind_policy(vlm)
+    items = [JudgeItem(("the circle is red",), f"a red circle {k}") for k in range(2)]
+    verdicts = judge.judge(items)
+    replies = judge.complete([prompt.messages(i.annotations, i.response) for i in items])
+    assert [v.raw for v in verdicts] == [r.text for r in replies]  # the policy's reply, parsed as a verdict
+    assert all(v == parse_verdict(v.raw, 1) for v in verdicts)
+    assert judge.stats.parse_failures == sum(not v.ok for v in verdicts)
+    with pytest.raises(ValueError, match="prompt"):
+        PolicyJudge().judge(items)
