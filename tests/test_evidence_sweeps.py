@@ -56,6 +56,14 @@ def test_every_job_of_the_sweep_composes_validates_and_is_an_arm_of_the_runner(c
         cfg = compose([j for j in jobs if "curriculum=rewardmap" in j][0])  # resolved: no run starts
         assert cfg.data.train.difficulties == ["tiny"]
         assert cfg.hooks.curriculum.stages.planning.data.difficulties == ["tiny"]
+        from hydra.utils import instantiate
+
+        from vrl.data.transit import build_transit_maps
+        from vrl.rewards.combine import RewardSet
+
+        row = build_transit_maps(num_samples=1, difficulties=["tiny"], question_types=["planning"], mode="stream")[0]
+        total, parts = RewardSet(instantiate(cfg.reward))([row["answer"]], [row])  # a tiny map has a weight W
+        assert parts["accuracy"].tolist() == [1.0] and total.item() > 0
 
 
 def test_runner_statistics_on_hand_made_histories():
