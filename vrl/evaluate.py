@@ -16,7 +16,9 @@ accuracy over samples) and pass@k for each k <= n (the unbiased estimator of Che
 ``pass_at_<k>`` (MLflow keys cannot hold "@"). Every metric also per source (a row
 field, ``--source-key``; default: ``data_source`` if rows have it, else ``task``). The metrics and a markdown
 table go to an MLflow run (tag ``vrl.kind=eval``) in the training runs' store and experiment (``logger=none``:
-printed only). Judge-based answer extraction is not wired in (the reward's extractor is used).
+printed only). ``--extract-judge NAME`` (a ``conf/judge`` entry: ``policy``, ``local``, ``http``, ``tiny_local``;
+its fields as overrides ``extract_judge.<field>=...``) lets that model read each response and copy out its answer
+before the accuracy term grades it (``vrl.judges.extract``); the total reward still grades the raw response.
 """
 
 from __future__ import annotations
@@ -52,10 +54,18 @@ class ItemScore:
     greedy_reward: float = math.nan
 
 
-def _accuracy(reward: Callable, rollout: Any, context: Any) -> tuple[list[float], list[float]]:
-    """Per response: accuracy (the ``accuracy`` term, else the total reward) and the total reward."""
+def _accuracy(
+    reward: Callable, rollout: Any, context: Any, extract: Callable | None = None
+) -> tuple[list[float], list[float]]:
+    """Per response: accuracy (the ``accuracy`` term, else the total reward; on the answers ``extract`` copied out
+    when given) and the total reward (on the raw response)."""
     total, components = reward(rollout.responses, rollout.samples, context=context)
     values = components.get("accuracy", total)
+    if extract is not None:
+        graded_total, graded = reward(
+            extract(rollout.samples, list(rollout.responses)), rollout.samples, context=context
+        )
+        values = graded.get("accuracy", graded_total)
     return [float(v) for v in values], [float(v) for v in total]
 
 
@@ -67,18 +77,20 @@ def score_items(
     samples: int = 0,
     source_key: str | None = None,
     context: Any = None,
+    extract: Callable | None = None,
 ) -> list[ItemScore]:
     """Greedy (and ``samples`` sampled) accuracies of every row, in batches of ``batch_size`` rows.
 
     Args:
         generate: ``generate(rows, group_size=None, greedy=False) -> Rollout`` (a row's samples adjacent).
         reward: a ``RewardSet``-like callable ``(responses, rows, context=) -> (total [N], components)``.
+        extract: ``extract(rows, responses) -> responses to grade`` (``vrl.judges.extract.JudgeExtractor``).
     """
     items = []
     for start in range(0, len(rows), batch_size):
         part = list(rows[start : start + batch_size])
-        greedy, totals = _accuracy(reward, generate(part, greedy=True), context)
-        sampled = _accuracy(reward, generate(part, group_size=samples), context)[0] if samples else []
+        greedy, totals = _accuracy(reward, generate(part, greedy=True), context, extract)
+        sampled = _accuracy(reward, generate(part, group_size=samples), context, extract)[0] if samples else []
         for i, row in enumerate(part):
             source = str(row.get(source_key, "all")) if source_key else "all"
             items.append(ItemScore(source, greedy[i], sampled[i * samples : (i + 1) * samples], totals[i]))
@@ -167,9 +179,10 @@ def evaluate(
     source_key: str,
     correct_at: float,
     selection: Selection | None = None,
+    extract_judge: bool = False,
 ) -> dict[str, float]:
     """Build model, sampler, reward and benchmark from ``cfg`` and score every item (greedy and sampled, or the
-    responses a PRM ``selection`` picks)."""
+    responses a PRM ``selection`` picks); with ``extract_judge``, ``cfg.extract_judge`` reads out the answers."""
     import torch
     from hydra.utils import instantiate
 
@@ -201,8 +214,10 @@ def evaluate(
     context = RewardContext(0, None, training=False)
     try:
         if selection is None:
-            items = score_items(generate, reward, rows, cfg.data_loader.val_batch_size, samples, source_key, context)
-            return summarise(items, ks, correct_at)
+            extract = _extractor(cfg, vlm) if extract_judge else None
+            batch = cfg.data_loader.val_batch_size
+            items = score_items(generate, reward, rows, batch, samples, source_key, context, extract)
+            return summarise(items, ks, correct_at) | (extract.metrics() if extract else {})
         from vrl.prm.select import select_item
 
         s = selection
@@ -214,6 +229,19 @@ def evaluate(
         return summarise(items, (), correct_at, label=f"{s.how}{s.n if s.how != 'greedy' else ''}") | cost
     finally:
         reward.close()
+
+
+def _extractor(cfg: Any, vlm: Any) -> Any:
+    """``cfg.extract_judge`` (``--extract-judge``) as a :class:`~vrl.judges.extract.JudgeExtractor`; a policy judge
+    is bound to the evaluated model."""
+    from hydra.utils import instantiate
+
+    from vrl.judges.extract import JudgeExtractor
+
+    judge = instantiate(cfg.extract_judge)
+    if hasattr(judge, "bind_policy"):
+        judge.bind_policy(vlm)
+    return JudgeExtractor(judge)
 
 
 def _prm_from_flags(args: Any) -> Any:
@@ -284,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gm-prm", help="--select refined_bon: a generative PRM model (GM-PRM)")
     parser.add_argument("--aggregate", default="orm", help="--select bon: orm | min | mean | product | last")
     parser.add_argument("--max-steps", type=int, default=8, help="--select step_search: steps before it stops")
+    parser.add_argument(
+        "--extract-judge",
+        help="a conf/judge entry (policy, local, http, tiny_local) that copies each answer out before grading; "
+        "its fields as overrides extract_judge.<field>=...",
+    )
     parser.add_argument("--judge-bench", help="VL-RewardBench instead: 'synthetic' or a file in its item schema")
     parser.add_argument("--runs", type=int, default=10, help="--judge-bench: judge runs per item (majority vote)")
     args, overrides = parser.parse_known_args(argv)
@@ -295,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from vrl.validate import validate_config
 
+    if args.extract_judge:
+        overrides = [f"+judge@extract_judge={args.extract_judge}", *overrides]
     with initialize_config_module(config_module="vrl_conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     if OmegaConf.is_interpolation(cfg, "output_dir"):  # ${hydra:runtime.output_dir}: no Hydra run here
@@ -308,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.select:
             prm = _prm_from_flags(args)
             selection = Selection(args.select, args.n, prm, args.aggregate, args.max_steps)
-        metrics = evaluate(cfg, policy, args.split, args.samples, ks, args.source_key, args.correct_at, selection)
+        metrics = evaluate(
+            cfg, policy, args.split, args.samples, ks, args.source_key, args.correct_at, selection, args.extract_judge
+        )
     text = table(metrics)
     print(text)
     tags = {"vrl.kind": "eval", "vrl.eval_policy": str(policy or cfg.model.name_or_path), "vrl.eval_split": args.split}

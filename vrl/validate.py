@@ -129,6 +129,7 @@ TOP_LEVEL = {
     "merge_lora": bool,
     "objective": dict,  # vrl.lit.loss.Objective (a _target_ node, checked with the others)
     "callbacks": (dict, type(None)),  # conf/callbacks: named _target_ nodes
+    "extract_judge": dict,  # `vrl eval --extract-judge NAME` adds it (+judge@extract_judge=NAME): a judge node
 }
 
 #: Plain blocks (no ``_target_``) -> the constructors their keys reach, and keys with their own types.
