@@ -225,3 +225,14 @@ def test_the_rollout_table_shows_boxes_tool_outputs_and_turns(setup, tmp_path):
     assert turns.splitlines()[1] == "  -> crop: 1 image(s), box [0, 0, 28, 28]"
     assert "  -> error: unknown tool 'nope'; tools: crop" in turns.splitlines()
     assert table["data"][0][cols.index("tool_image")] is not None
+
+
+def test_an_observation_that_fills_the_budget_exactly_ends_the_trajectory(setup):
+    vlm, rows, sampler, rollout = setup
+    n_call = len(vlm.processor.tokenizer(CROP, add_special_tokens=False)["input_ids"])
+    s = _sampler(max_new_tokens=n_call, max_total_tokens=n_call + 28)  # the call, then its 28-token observation
+    s.logits_processor = ScriptedTurns(vlm.processor.tokenizer, SCRIPTS)
+    out = s.generate(vlm, rows)
+    assert [x["stop"] for x in out.samples] == ["budget"] * 4
+    assert out.samples[0]["turns"][0]["observation_tokens"] == 28
+    assert out.attention_mask[:, out.prompt_width :].sum(-1).tolist() == [n_call + 28] * 4

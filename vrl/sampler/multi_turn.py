@@ -124,6 +124,9 @@ class MultiTurnSampler(HFSampler):
         model.eval()
         try:
             for _ in range(self.max_turns + 1):
+                for t in trajs:  # a trajectory whose observations filled the budget exactly cannot continue
+                    if not t.done and len(t.ids) >= self.max_total_tokens:
+                        t.stop = "budget"
                 active = [t for t in trajs if not t.done]
                 if not active:
                     break
