@@ -40,6 +40,9 @@ FORKING = (
     "test_a_step_where_one_rank_has_nothing_is_skipped_by_every_rank",
 )
 INSIDE_CHILD = os.environ.get("VRL_DDP_CHILD") == "1"
+#: set by a test before forking (the ranks inherit it): give the hook set a local judge with a model of
+#: its own, which setup registers under ``RLModule.judges`` (it judges nothing: only where it lives is checked)
+WITH_JUDGE = {"on": False}
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +168,20 @@ def _job(index, port, compose, runs, dead, out):
         vrl.lit.checkpoint.AtomicCheckpointIO.save_checkpoint,
     )
 
+    modules = []
+
     def patched_build(cfg):
         module = build(cfg)
         pad = module.vlm.processor.tokenizer.pad_token_id
         module.sampler.generate = _per_prompt_seeded(module.sampler.generate, pad, seen)
         module.reward = CoinReward(dead)
+        if WITH_JUDGE["on"]:
+            from vrl.judges import LocalJudge
+            from vrl.judges.tiny import tiny_text_model
+            from vrl.models.tiny import build_tiny_tokenizer
+
+            module.hooks.judge = LocalJudge(tiny_text_model(seed=0), tokenizer=build_tiny_tokenizer())
+        modules.append(module)
         return module
 
     def recorded_save_vlm(*args, **kwargs):
@@ -189,7 +201,19 @@ def _job(index, port, compose, runs, dead, out):
     metrics = {}
     for overrides in runs[min(index, 1)]:  # one or more runs in turn (a resume: the first stops, the next continues)
         metrics = run(compose([*overrides, *extra]))
-    out[index] = {"metrics": metrics, "uids": seen, "writes": writes}
+    judges = [  # per run (a resume builds a new module): each judge model's size, devices, trainability, checksum
+        {
+            name: (
+                sum(p.numel() for p in m.parameters()),
+                sorted({str(p.device) for p in m.parameters()}),
+                any(p.requires_grad for p in m.parameters()),
+                float(sum(p.double().sum() for p in m.parameters())),
+            )
+            for name, m in (module.judges or {}).items()
+        }
+        for module in modules
+    ]
+    out[index] = {"metrics": metrics, "uids": seen, "writes": writes, "judges": judges}
 
 
 def _launch(compose, reference, ddp, dead, timeout_s=240):
@@ -342,7 +366,16 @@ def test_ddp_unequal_ranks_and_a_resume_equal_one_uninterrupted_process(compose,
     extra = ["+method=dapo", "hooks.dynamic_sampling.max_tries=1", "update.micro_batch_size=2"]
     extra += ["loss_agg=seq_mean_token_sum_norm", "trainer.val_check_interval=1"]
     extra += ["kl=k3", "kl.coef=0.5"]  # KL to each rank's frozen reference (a registered submodule; rebuilt on resume)
-    _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(1,), resume_at=1)
+    WITH_JUDGE["on"] = True  # and a judge with its own model (registered under RLModule.judges; rebuilt on resume)
+    ref, ranks = _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(1,), resume_at=1)
+    # every rank (and the single process), in each of its runs, holds exactly one copy of the judge: frozen, on the
+    # rank's device, the same weights everywhere (built from the same seed, not loaded from a checkpoint)
+    held = [run for proc in (ref, *ranks) for run in proc["judges"]]
+    assert len(held) == 1 + WORLD * 2  # the reference's run; each rank's first run and its resumed run
+    assert all(list(run) == ["hooks__judge"] for run in held)
+    (size, devices, trains, checksum) = held[0]["hooks__judge"]
+    assert size > 0 and devices == ["cpu"] and not trains
+    assert all(run["hooks__judge"] == (size, devices, trains, checksum) for run in held)
 
 
 # ----------------------------------------------------------------- the rules, without processes
