@@ -101,6 +101,16 @@ def test_local_judge_is_a_frozen_submodule_moved_with_the_module_and_left_out_of
     assert checkpoint["state_dict"] and not any(k.startswith("judges.") for k in checkpoint["state_dict"])
     module.to(torch.float64)  # a move of the module (dtype here; a device on GPU) reaches the judge's weights
     assert {p.dtype for p in judge_model.parameters()} == {torch.float64}
+    # FSDP (trainer=fsdp) wraps the root module with the model's own "keep whole" classes: the judge's decoder layers
+    # are units of their own, as the policy's are (the wrap decision itself; FSDP needs a GPU, see test_sharding)
+    from vrl.models.sharding import NoSplitPolicy
+
+    wrap = NoSplitPolicy()
+    wrap(module, recurse=True)  # the root first: the names are read from every submodule, the judge's included
+    units = [n for n, m in module.named_modules() if wrap(m, recurse=False)]
+    judge_layers = len(judge_model.model.layers)
+    assert sum(n.startswith(f"judges.{JUDGE_PATH}.") for n in units) == judge_layers > 0
+    assert any(n.startswith("policy.") for n in units)
 
 
 @pytest.mark.slow
