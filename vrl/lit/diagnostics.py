@@ -18,6 +18,11 @@ and logs, under ``diag/``:
   sampler's temperature with its suppressed tokens masked: the distribution the policy samples from. A policy
   that ignores the image has KL 0 and equal accuracies; one that reads it has KL > 0 and a drop.
 
+Steps: the metrics are logged at ``trainer.global_step``, the optimizer steps that ``trainer.max_steps`` counts, so two
+runs are compared at equal updates. Lightning logs the loop's own metrics (and validation) at its batch count, which
+runs ahead of the optimizer steps when some RL steps had every group filtered out (dynamic sampling): in such a run
+``diag/*`` and ``val/*`` curves have different x axes (experiments/LOG.md, issue 20 smoke run).
+
 Why a callback: it reads the module's policy, sampler and reward and writes only to the loggers, so the loop and
 every method stay untouched. It draws no random numbers the run would see (greedy decoding, RNG state restored),
 restores the reward set's degenerate-reward streak, and puts the policy back in its training mode, so a run's
