@@ -4,7 +4,8 @@ Layers, lowest first (a module belongs to the longest prefix that names it):
 
 - base: containers, errors, utilities, the Triton kernels (pure tensor functions) and the answer-text parsers
   (``vrl.rewards.extract`` imports nothing from vrl: data derives checklists with it, rewards score with it);
-- data: rows, scenes, annotations, tag parsing and the prompt template (``vrl.sampler.prompts``);
+- data: rows, scenes, annotations, tag parsing, the prompt template (``vrl.sampler.prompts``) and the image tools
+  of multi-turn rollouts (``vrl.tools``: pure image operations, which the samplers call);
   models: the VLM bundle and teacher-forced scoring;
 - sampler: the samplers (``vrl.sampler``); rewards: reward terms and judges; data checks: preflight of rows against
   the reward parsers and prompt templates (above both);
@@ -23,7 +24,7 @@ import vrl
 
 LAYERS = [
     ("base", ["vrl.types", "vrl.errors", "vrl.utils", "vrl.rewards.extract", "vrl_kernels"]),
-    ("data", ["vrl.data", "vrl.sampler.prompts"]),
+    ("data", ["vrl.data", "vrl.sampler.prompts", "vrl.tools"]),
     ("models", ["vrl.models"]),
     ("sampler", ["vrl.sampler"]),
     ("rewards", ["vrl.rewards", "vrl.judges"]),

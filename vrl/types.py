@@ -21,6 +21,10 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+#: Where a sampler's own log-probs of the emitted tokens travel in ``Rollout.extras`` ([N, L], 0 on padding): the
+#: importance-sampling correction (``vrl.methods.rollout_correction``) weighs them against the learner's.
+SAMPLER_LOGPROBS = "sampler_logprobs"
+
 #: How an answer is verified (see ``vrl.rewards.accuracy``).
 ANSWER_TYPES = ("text", "number", "choice", "yesno", "bbox", "math", "detection")
 

@@ -106,3 +106,10 @@ class StepTicks(IterableDataset):
         if not self.length:
             raise TypeError("endless StepTicks has no length")
         return self.length
+
+
+def dataset_row(dataset: Any, index: int) -> dict:
+    """Row ``index`` as ``PromptSource`` hands it out (a copy, with a uid)."""
+    row = dict(dataset[index])
+    row.setdefault("uid", str(index))
+    return row

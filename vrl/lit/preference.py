@@ -30,9 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vrl.data.source import dataset_row
 from vrl.errors import DataError
 from vrl.lit.dist import reduce_value, world_size, zero_loss
-from vrl.lit.sft import dataset_row
 from vrl.models.scoring import response_logits, response_targets, score_logprobs, token_stats
 from vrl.types import Rollout
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from vrl.data.source import dataset_row
 from vrl.models.scoring import response_logits, response_targets, token_stats
 from vrl.sampler.prompts import encode_prompts
 from vrl.types import Rollout
@@ -75,13 +76,6 @@ def select_kept(
             seen.add(key)
             kept.append((int(index), response))
     return kept
-
-
-def dataset_row(dataset: Any, index: int) -> dict:
-    """Row ``index`` as ``PromptSource`` hands it out (a copy, with a uid)."""
-    row = dict(dataset[index])
-    row.setdefault("uid", str(index))
-    return row
 
 
 @torch.no_grad()

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from vrl.data.source import dataset_row
 from vrl.lit.context import generate_with, tag_run
-from vrl.lit.sft import dataset_row
 from vrl.lit.stages import Stage, StageScheduler
 from vrl.rewards.context import RewardContext
 

@@ -38,10 +38,10 @@ from typing import Any
 
 import torch
 
-from vrl.data.source import PromptSource
+from vrl.data.source import PromptSource, dataset_row
 from vrl.hooks import Hook, StageSettings, StepContext
 from vrl.lit.preference import PreferenceBatch, PreferenceSettings, pair_batch
-from vrl.lit.sft import RejectionSampling, dataset_row, rejection_sample
+from vrl.lit.sft import RejectionSampling, rejection_sample
 from vrl.types import Rollout
 
 KINDS = ("rl", "sft", "dpo")

@@ -20,12 +20,10 @@ from dataclasses import replace
 import torch
 
 from vrl.hooks import Hook, StepContext, TokenWeights
-from vrl.types import Rollout
+from vrl.types import SAMPLER_LOGPROBS, Rollout
 
 LEVELS = ("token", "sequence", "geometric")
 MODES = ("truncate", "mask")
-#: where the sampler's log-probs travel in ``Rollout.extras`` ([N, L], 0 on padding)
-SAMPLER_LOGPROBS = "sampler_logprobs"
 _MAX_LOG_RATIO = 20.0  # exp(20) ~ 4.9e8: ratios are reported (not used) up to this, so a max never overflows
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from vrl.lit.sft import dataset_row
+from vrl.data.source import dataset_row
 
 DETAILED = (
     "Describe the image step by step. First name the main subjects and objects, then the setting, then the "

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vrl.data.crop import crop
-from vrl.lit.sft import dataset_row
+from vrl.data.source import dataset_row
 from vrl.rewards.extract import parse_box
 from vrl.rewards.iou import box_iou
 

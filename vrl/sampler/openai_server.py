@@ -29,12 +29,11 @@ from typing import Any
 
 import torch
 
-from vrl.methods.rollout_correction import SAMPLER_LOGPROBS
 from vrl.sampler.hf import suppressed_token_ids
 from vrl.sampler.http import ServerError, post_json
 from vrl.sampler.prefetch import Prefetch, prompt_key
 from vrl.sampler.prompts import encode_prompts, model_image_sizes, to_messages
-from vrl.types import Rollout, slice_vision
+from vrl.types import SAMPLER_LOGPROBS, Rollout, slice_vision
 
 
 class OpenAIServerSampler:

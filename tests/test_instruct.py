@@ -1,4 +1,4 @@
-"""model=tiny_instruct (vrl/models/instruct.py): cell labels by hand, a deterministic build, the cache, the config."""
+"""model=tiny_instruct (vrl/instruct.py): cell labels by hand, a deterministic build, the cache, the config."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from vrl.models.instruct import cell_labels, load_tiny_instruct
+from vrl.instruct import cell_labels, load_tiny_instruct
 
 SMALL = {"pretrain_steps": 2, "pretrain_batch": 4, "sft_steps": 2, "sft_batch": 4}
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from vrl.sampler.search import OracleCoverage, WindowIoU, best_first, children
+from vrl.methods.geovis import OracleCoverage, WindowIoU, best_first, children
 
 
 def test_children_are_the_grown_grid():
