@@ -339,14 +339,15 @@ def module_level_timers(timer: StageTimer | None):
     import vrl.lit.rl_module as rlm
     import vrl.sampler.hf as hf
 
-    saved = (hf.encode_prompts, rlm.rollout_metrics, rlm.ppo_update)
+    saved = (hf.encode_prompts, rlm.global_metrics, rlm.ppo_update, rlm.log_step)
     hf.encode_prompts = timer.wrap("rollout: encode prompts (chat template + image processor)", saved[0])
-    rlm.rollout_metrics = timer.wrap("metrics: rollout_metrics", saved[1])
+    rlm.global_metrics = timer.wrap("metrics: global_metrics", saved[1])
     rlm.ppo_update = timer.wrap("update: total", saved[2])
+    rlm.log_step = timer.wrap("logging: log_step (one record per step)", saved[3])
     try:
         yield
     finally:
-        hf.encode_prompts, rlm.rollout_metrics, rlm.ppo_update = saved
+        hf.encode_prompts, rlm.global_metrics, rlm.ppo_update, rlm.log_step = saved
 
 
 def instrument_trl(tr, timer: StageTimer) -> None:
@@ -594,7 +595,19 @@ def run_trl(
     timer = Timer()
     out = tempfile.mkdtemp(prefix="trl-", dir=work)
     args = trl_config(out, b, g, length, steps)
-    trainer = GRPOTrainer(model=model_dir, reward_funcs=[reward], args=args, train_dataset=dataset, callbacks=[timer])
+    from vrl.models.processor import load_processor
+
+    # the folder's processor, loaded as vrl loads it: AutoProcessor in transformers 5.25 also builds the video
+    # processor, which needs torchvision (absent here, see shared/OFFLINE.md); same files, same tokens for both sides
+    processor = load_processor(model_dir, "qwen2_5_vl")
+    trainer = GRPOTrainer(
+        model=model_dir,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=[timer],
+    )
     trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the progress bar for a printer
     timer.trainer = trainer
     assert trainer.model.dtype == torch.float32, trainer.model.dtype
