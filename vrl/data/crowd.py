@@ -20,7 +20,7 @@ import datasets
 
 from vrl.data.detection import CATEGORY_KINDS, pick_category
 from vrl.data.scene import render, sample_scene
-from vrl.data.synthetic import SyntheticStream, _load_or_build, _materialize
+from vrl.data.synthetic import SyntheticStream, build_rows
 from vrl.data.tasks import row_rng
 
 GENERATOR_VERSION = 1
@@ -120,11 +120,4 @@ def build_crowd(
         radius_fraction=float(radius_fraction),
         categories=tuple(str(c) for c in categories),
     )
-    if mode == "stream":
-        return SyntheticStream(spec, num_samples)  # type: ignore[arg-type]
-    if mode != "materialize":
-        raise ValueError(f"mode must be 'materialize' or 'stream', got {mode!r}")
-    show = num_samples > 300 if progress is None else progress
-    if cache_dir is None:
-        return _materialize(spec, num_samples, show)  # type: ignore[arg-type]
-    return _load_or_build(spec, num_samples, cache_dir, show)  # type: ignore[arg-type]
+    return build_rows(spec, num_samples, mode, cache_dir, progress)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import datasets
 
 from vrl.data.scene import PALETTE, SHAPES, Scene, render, sample_scene
-from vrl.data.synthetic import SyntheticStream, _load_or_build, _materialize
+from vrl.data.synthetic import SyntheticStream, build_rows
 from vrl.data.tasks import OBJECTS_BY_DIFFICULTY, row_rng
 
 #: What a question can ask for: every object of a colour, of a shape, or every object.
@@ -166,11 +166,4 @@ def build_detection(
         absent_fraction=float(absent_fraction),
         answer_format=str(answer_format),
     )
-    if mode == "stream":
-        return SyntheticStream(spec, num_samples)  # type: ignore[arg-type]
-    if mode != "materialize":
-        raise ValueError(f"mode must be 'materialize' or 'stream', got {mode!r}")
-    show = num_samples > 300 if progress is None else progress
-    if cache_dir is None:
-        return _materialize(spec, num_samples, show)  # type: ignore[arg-type]
-    return _load_or_build(spec, num_samples, cache_dir, show)  # type: ignore[arg-type]
+    return build_rows(spec, num_samples, mode, cache_dir, progress)  # type: ignore[arg-type]

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from vrl.data.scene import render, sample_scene
-from vrl.data.synthetic import SyntheticStream, _load_or_build, _materialize
+from vrl.data.synthetic import SyntheticStream, build_rows
 from vrl.data.tasks import OBJECTS_BY_DIFFICULTY, row_rng
 
 DISTORTIONS = ("noise", "compression", "blur", "darken")
@@ -194,11 +194,4 @@ def build_q_insight(
         distortions=tuple(str(d) for d in distortions),
         clean_fraction=float(clean_fraction),
     )
-    if mode == "stream":
-        return SyntheticStream(spec, num_samples)  # type: ignore[arg-type]
-    if mode != "materialize":
-        raise ValueError(f"mode must be 'materialize' or 'stream', got {mode!r}")
-    show = num_samples > 300 if progress is None else progress
-    if cache_dir is None:
-        return _materialize(spec, num_samples, show)  # type: ignore[arg-type]
-    return _load_or_build(spec, num_samples, cache_dir, show)  # type: ignore[arg-type]
+    return build_rows(spec, num_samples, mode, cache_dir, progress)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -223,6 +224,16 @@ def build_synthetic(
         single_color_palette=tuple(str(c) for c in single_color_palette),
         single_color_radius=single_color_radius,
     )
+    return build_rows(spec, num_samples, mode, cache_dir, progress)
+
+
+def build_rows(
+    spec: Any, num_samples: int, mode: str = "materialize", cache_dir: str | None = None, progress: bool | None = None
+) -> datasets.Dataset | SyntheticStream:
+    """The rows of any synthetic spec (a frozen dataclass with ``row(index)`` and ``digest()``), as every builder
+    in ``vrl.data`` hands them out: ``stream`` renders rows on access; ``materialize`` builds a ``datasets.Dataset``
+    (with a progress bar above ``PROGRESS_MIN_ROWS`` rows unless ``progress`` says otherwise), saved under
+    ``cache_dir`` by the spec's hash and reloaded when given. The same rows either way."""
     if mode == "stream":
         return SyntheticStream(spec, num_samples)
     if mode != "materialize":

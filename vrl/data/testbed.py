@@ -226,18 +226,12 @@ def build_testbed(
         cache_dir: where to save / reload a materialised copy; None keeps it in memory.
         progress: a progress bar while materialising (None: above 300 rows).
     """
-    from vrl.data.synthetic import PROGRESS_MIN_ROWS, SyntheticStream, _load_or_build, _materialize
+
+    from vrl.data.synthetic import build_rows
 
     level = int(difficulty) if isinstance(difficulty, int) else tuple(int(d) for d in difficulty)
     spec = TestbedSpec(tuple(str(t) for t in tasks), int(seed), str(split), int(image_size), level)
-    if mode == "stream":
-        return SyntheticStream(spec, num_samples)
-    if mode != "materialize":
-        raise ValueError(f"mode must be 'materialize' or 'stream', got {mode!r}")
-    show = num_samples > PROGRESS_MIN_ROWS if progress is None else progress
-    if cache_dir is None:
-        return _materialize(spec, num_samples, show)
-    return _load_or_build(spec, num_samples, cache_dir, show)
+    return build_rows(spec, num_samples, mode, cache_dir, progress)  # type: ignore[arg-type]
 
 
 def baseline_table(num_samples: int = 2000, seed: int = 0) -> str:

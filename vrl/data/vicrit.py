@@ -34,7 +34,7 @@ from typing import Any
 import datasets
 
 from vrl.data.scene import PALETTE, SHAPES, Scene, SceneObject, render, sample_scene
-from vrl.data.synthetic import FEATURES, SyntheticStream, _load_or_build, _materialize
+from vrl.data.synthetic import FEATURES, SyntheticStream, build_rows
 from vrl.data.tasks import OBJECTS_BY_DIFFICULTY, row_rng
 
 ERROR_TYPES = ("object", "attribute", "count", "relation")
@@ -252,14 +252,7 @@ def build_vicrit(
         difficulties=tuple(int(d) for d in difficulties),
         error_types=tuple(str(k) for k in error_types),
     )
-    if mode == "stream":
-        return SyntheticStream(spec, num_samples)  # type: ignore[arg-type]
-    if mode != "materialize":
-        raise ValueError(f"mode must be 'materialize' or 'stream', got {mode!r}")
-    show = num_samples > 300 if progress is None else progress
-    if cache_dir is None:
-        return _materialize(spec, num_samples, show)  # type: ignore[arg-type]
-    return _load_or_build(spec, num_samples, cache_dir, show)  # type: ignore[arg-type]
+    return build_rows(spec, num_samples, mode, cache_dir, progress)  # type: ignore[arg-type]
 
 
 def load_vicrit(
