@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from vrl.methods.vision_sr1 import question_of
+from vrl.methods.vision_sr1 import grade_replies, question_of
 from vrl.rewards.accuracy import Accuracy
 from vrl.rewards.extract import AnswerExtractor, last_boxed
 
@@ -81,14 +81,8 @@ class ReasonerReward:
         asked = [i for i, r in enumerate(responses) if r.strip()]
         self._counts["samples"] += len(responses)
         self._counts["empty"] += len(responses) - len(asked)
-        replies = self.reasoner.complete([self.chat(responses[i], samples[i]) for i in asked]) if asked else []
-        values = [self.failure_value] * len(responses)
-        for i, reply in zip(asked, replies):
-            if not reply.ok:
-                self._counts["failed"] += 1
-                continue
-            values[i] = float(self.grade([reply.text], [samples[i]])[0])
-        return values
+        chats = {i: self.chat(responses[i], samples[i]) for i in asked}
+        return grade_replies(self.reasoner, chats, samples, self.grade, self.failure_value, self._counts)
 
     def pop_stats(self) -> dict[str, float]:
         """``reward/<name>/{samples,empty,failed}`` and the reasoner's ``judge/<name>/...`` counters."""

@@ -52,6 +52,28 @@ def question_of(sample: Mapping[str, Any]) -> str:
     return str(sample["prompt"]).replace("<image>", " ").strip()
 
 
+def grade_replies(
+    judge: Any,
+    chats: Mapping[int, Sequence[Mapping[str, str]]],
+    samples: Sequence[dict],
+    grade: Any,
+    failure_value: float,
+    counts: Counter,
+) -> list[float]:
+    """One value per sample: the model judge's reply to ``chats[i]`` graded by ``grade([reply], [samples[i]])``;
+    ``failure_value`` for a sample not asked (not in ``chats``) or whose call failed (counted as ``failed``).
+    The second pass of Vision-SR1 and RACRO's reasoner are both this: ask a text model, grade its answer."""
+    asked = list(chats)
+    replies = judge.complete([chats[i] for i in asked]) if asked else []
+    values = [failure_value] * len(samples)
+    for i, reply in zip(asked, replies):
+        if not reply.ok:
+            counts["failed"] += 1
+            continue
+        values[i] = float(grade([reply.text], [samples[i]])[0])
+    return values
+
+
 class SeeThinkFormat:
     """1.0 when the whole response is ``<description>..</description> <think>..</think> .. \\boxed{..}``, else 0.
 
@@ -118,14 +140,8 @@ class VisualSelfReward:
         asked = [i for i, d in enumerate(descriptions) if d and d.strip()]
         self._counts["samples"] += len(responses)
         self._counts["no_description"] += len(responses) - len(asked)
-        replies = self.judge.complete([self.chat(descriptions[i], samples[i]) for i in asked]) if asked else []
-        values = [self.failure_value] * len(responses)
-        for i, reply in zip(asked, replies):
-            if not reply.ok:
-                self._counts["failed"] += 1
-                continue
-            values[i] = float(self.grade([reply.text], [samples[i]])[0])
-        return values
+        chats = {i: self.chat(descriptions[i], samples[i]) for i in asked}
+        return grade_replies(self.judge, chats, samples, self.grade, self.failure_value, self._counts)
 
     def pop_stats(self) -> dict[str, float]:
         """``reward/<name>/{samples,no_description,failed}`` and the judge's ``judge/<name>/...`` counters."""
