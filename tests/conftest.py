@@ -94,5 +94,5 @@ def tiny_overrides(tmp_path):
         "trainer.enable_progress_bar=false",
         "update.log_rollouts_every=0",
         "save_policy=false",
-        "callbacks.image_use.at_start=false",  # the image-use baseline costs 3 greedy passes per fit; its tests ask
+        "callbacks.image_use.at_start=false",  # 3 greedy passes per fit; tests/lit/test_diagnostics.py turns it on
     ]

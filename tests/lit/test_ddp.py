@@ -367,7 +367,10 @@ def test_ddp_unequal_ranks_and_a_resume_equal_one_uninterrupted_process(compose,
     extra += ["loss_agg=seq_mean_token_sum_norm", "trainer.val_check_interval=1"]
     extra += ["kl=k3", "kl.coef=0.5"]  # KL to each rank's frozen reference (a registered submodule; rebuilt on resume)
     WITH_JUDGE["on"] = True  # and a judge with its own model (registered under RLModule.judges; rebuilt on resume)
-    ref, ranks = _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(1,), resume_at=1)
+    try:
+        ref, ranks = _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(1,), resume_at=1)
+    finally:  # the child runs the forking tests in one process: later ones must not inherit the judge
+        WITH_JUDGE["on"] = False
     # every rank (and the single process), in each of its runs, holds exactly one copy of the judge: frozen, on the
     # rank's device, the same weights everywhere (built from the same seed, not loaded from a checkpoint)
     held = [run for proc in (ref, *ranks) for run in proc["judges"]]
