@@ -5,16 +5,9 @@ import random
 
 import pytest
 
-from vrl.data.transit import (
-    ASK,
-    FEATURES,
-    Leg,
-    build_transit_maps,
-    format_route,
-    plan_route,
-    resolve_question_types,
-)
+from vrl.data.transit import ASK, FEATURES, build_transit_maps, resolve_question_types
 from vrl.data.transit_render import INK, LINE_COLORS, TransitMap, node_pixels, render_map, sample_map
+from vrl.data.transit_route import Leg, format_route, plan_route
 from vrl.rewards.rewardmap import RewardMapAccuracy
 
 # A hand-built city on a 7 x 7 grid (columns 0-6 across, rows 0-3 down; lines drawn between listed stations):

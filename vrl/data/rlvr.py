@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -56,6 +55,7 @@ from vrl.data.reasons import (  # noqa: F401 - re-exported: the reasons the load
     PATH_ESCAPES_ROOT,
     SOURCE_KEY,
 )
+from vrl.data.rlvr_values import answer_text, as_list, as_text, lookup, question_text
 from vrl.errors import DataError
 from vrl.types import ANSWER_TYPES
 
@@ -261,29 +261,29 @@ class _RowMapper:
         c, errors = self.columns, []
         if row in self.scan.bad:  # a JSON line that did not parse: an empty row that says why
             return self._unreadable(row)
-        prompt = _question_text(_lookup(values, c.question))
+        prompt = question_text(lookup(values, c.question))
         if prompt is None:
-            kind = type(_lookup(values, c.question)).__name__
+            kind = type(lookup(values, c.question)).__name__
             errors.append(_error(c.question, BAD_TYPE, f"question is {kind}, not text or a chat list"))
         images = []
-        for k, ref in enumerate(_as_list(_lookup(values, c.images) if c.images else None)):
+        for k, ref in enumerate(as_list(lookup(values, c.images) if c.images else None)):
             try:
                 images.append(image_storage(ref, self.root))
             except BadImage as err:
                 errors.append(_error(f"{c.images}[{k}]", err.reason, str(err)))
                 images.append(None)  # reads back as None: the row stays inspectable, its meta says why
-        answer_type = _text(values.get("answer_type")) or c.answer_type
-        answer, problem = _answer_text(_lookup(values, c.answer), answer_type)
+        answer_type = as_text(values.get("answer_type")) or c.answer_type
+        answer, problem = answer_text(lookup(values, c.answer), answer_type)
         if problem is not None:
             errors.append(_error(c.answer, *problem))
-        uid = values.get("uid") or (_lookup(values, c.id) if c.id else None)
+        uid = values.get("uid") or (lookup(values, c.id) if c.id else None)
         return {
             "prompt": prompt,
             "images": images,
             "answer": answer,
             "answer_type": answer_type,
-            "task": _text(values.get("task")) or c.task,
-            "format": _text(values.get("format")) or c.format,
+            "task": as_text(values.get("task")) or c.task,
+            "format": as_text(values.get("format")) or c.format,
             "meta": self._meta(values.get("meta"), row, errors),
             "uid": str(uid) if uid is not None else f"{self.label}:{row}",
         }
@@ -319,70 +319,6 @@ class _RowMapper:
         if errors:
             meta[LOAD_ERRORS_KEY] = errors
         return json.dumps(meta, sort_keys=True, default=str)
-
-
-def _lookup(values: dict[str, Any], key: str) -> Any:
-    """``values[key]``, where ``a.b`` reaches into a struct; None when any level is missing."""
-    node: Any = values
-    for part in key.split("."):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node
-
-
-def _question_text(value: Any) -> str | None:
-    """The question as text: a string, or the last user turn of a chat list; None for anything else."""
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
-        return None
-    turns = [m for m in value if m.get("role") == "user"]
-    if not turns:
-        return None
-    content = turns[-1].get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI-style items: image items become placeholders, in place
-        parts = [c.get("text", "") if c.get("type") == "text" else "<image>" for c in content if isinstance(c, dict)]
-        return "".join(parts)
-    return None
-
-
-def _answer_text(answer: Any, answer_type: str) -> tuple[str | None, tuple[str, str] | None]:
-    """The answer as the string rows carry, or None and (reason, detail) when it cannot be one.
-
-    ``str()`` would turn a NaN into ``"nan"`` and ``["red", "blue"]`` into ``"['red', 'blue']"``, both of
-    which some answer types accept as text; a list of numbers is a box for a "bbox" row.
-    """
-    if answer is None:
-        return None, None
-    if isinstance(answer, float) and not math.isfinite(answer):
-        return None, (BAD_ANSWER, f"answer is {answer}")
-    if isinstance(answer, (list, tuple)) and answer_type == "bbox" and all(_is_number(v) for v in answer):
-        return "[" + ", ".join(str(v) for v in answer) + "]", None
-    if isinstance(answer, (list, tuple)) and answer_type == "detection":
-        return json.dumps(answer), None  # a box list; the preflight checks it parses
-    if isinstance(answer, (list, tuple, dict)):
-        shown = json.dumps(answer, default=str)
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        return None, (BAD_TYPE, f"answer is a {type(answer).__name__} ({shown}), expected one string or number")
-    return str(answer), None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _text(value: Any) -> str | None:
-    """A text column's value as ``str`` (None stays None), so that an odd type cannot fail the arrow cast."""
-    return None if value is None else value if isinstance(value, str) else str(value)
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _error(field: str, reason: str, detail: str) -> dict[str, str]:
