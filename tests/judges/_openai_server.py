@@ -141,11 +141,20 @@ class ChatServer:
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     server.bodies.append(body)
                     server.headers.append(dict(self.headers))
+                self._counted = True
                 try:
                     self._serve(index, body)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and hung up
                     pass
                 finally:
+                    self._leave()
+
+            def _leave(self) -> None:
+                # Leave the in-flight count *before* the reply is written: once the client has the reply it may
+                # send its next request, which could otherwise be counted while this thread is still in its
+                # `finally` (a cap of 2 was once measured as 3 this way).
+                if getattr(self, "_counted", False):
+                    self._counted = False
                     with server._lock:
                         server.in_flight -= 1
 
@@ -167,6 +176,7 @@ class ChatServer:
 
             def _send(self, code: int, payload: dict) -> None:
                 data = json.dumps(payload).encode()
+                self._leave()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
