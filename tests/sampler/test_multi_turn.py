@@ -165,6 +165,53 @@ def test_a_trajectory_replays_exactly(setup):
     assert torch.equal(free[0], free[1])
 
 
+def test_given_turns_replay_a_trajectory_without_a_model_call(setup):
+    vlm, rows, sampler, rollout = setup
+    # trajectory 0 of each row (rows are G = 2 adjacent): its recorded turns, as token ids
+    given = [{**rows[b], "forced_turns": [t["ids"] for t in rollout.samples[2 * b]["turns"]]} for b in range(2)]
+    calls = []
+    hook = vlm.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    state = torch.random.get_rng_state()
+    try:
+        replay = _sampler().generate(vlm, given, group_size=1, greedy=True)
+    finally:
+        hook.remove()
+    assert calls == [] and torch.equal(torch.random.get_rng_state(), state)  # no forward, no random draw
+    for b in range(2):
+        width = int(rollout.attention_mask[2 * b].sum())
+        assert torch.equal(replay.input_ids[b][replay.attention_mask[b].bool()],
+                           rollout.input_ids[2 * b][rollout.attention_mask[2 * b].bool()])  # fmt: skip
+        assert int(replay.attention_mask[b].sum()) == width
+        assert replay.samples[b]["stop"] == "answer"
+    # per trajectory 16 + 64 pixel rows (grids 1x4x4 and 1x8x8): trajectories 0 and 2 of the sampled rollout
+    assert replay.image_grid_thw.tolist() == [[1, 4, 4], [1, 8, 8]] * 2
+    assert torch.equal(replay.pixel_values, torch.cat([rollout.pixel_values[0:80], rollout.pixel_values[160:240]]))
+    # spans: the policy tokens of each turn, in order, cover the response mask exactly
+    spans = [t["span"] for t in replay.samples[0]["turns"]]
+    mask = torch.zeros(replay.response_mask.shape[1])
+    for start, end in spans:
+        mask[start:end] = 1
+    assert torch.equal(mask, replay.response_mask[0])
+
+
+def test_a_given_first_turn_is_continued_by_the_model(setup):
+    vlm, rows, sampler, rollout = setup
+    tok = vlm.processor.tokenizer
+    other = CROP.replace("[0, 0, 28, 28]", "[28, 28, 56, 56]")
+    given = [{**rows[1], "forced_turns": [tok(other, add_special_tokens=False)["input_ids"]]}]
+    s = _sampler()
+    s.logits_processor = ScriptedTurns(tok, [SCRIPTS[1]])  # turn 1 of row 1's script: the answer
+    out = s.generate(vlm, given, group_size=1)
+    turns = out.samples[0]["turns"]
+    assert turns[0]["text"] == other and turns[0]["box"] == [28, 28, 56, 56]
+    assert turns[1]["text"] == "<answer>blue</answer>" and out.samples[0]["stop"] == "answer"
+    # the given turn was not sampled: zero log-probs there, the model's own on the continued answer
+    start, end = turns[0]["span"]
+    assert bool((out.old_logprobs[0, start:end] == 0).all())
+    a, b = turns[1]["span"]
+    assert bool((out.old_logprobs[0, a:b] < 0).all())
+
+
 def test_invalid_calls_and_budgets_never_crash(setup):
     vlm, rows, sampler, rollout = setup
     bad = [

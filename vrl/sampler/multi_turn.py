@@ -108,7 +108,15 @@ class MultiTurnSampler(HFSampler):
     # ----------------------------------------------------------------- the turn loop
     @torch.no_grad()
     def generate(self, vlm, samples: list[dict], group_size: int | None = None, greedy: bool = False) -> Rollout:
-        """B rows -> N = B*G trajectories (sequences of one row adjacent), as ``HFSampler.generate``."""
+        """B rows -> N = B*G trajectories (sequences of one row adjacent), as ``HFSampler.generate``.
+
+        A row's ``forced_turns`` (token ids per policy turn, e.g. a recorded trajectory's ``turns[k]["ids"]``) are
+        taken as given instead of sampled: calls in them run their tools and get their observations as usual, and
+        the model continues after the last one unless it ended the trajectory. That replays a stored trajectory
+        token for token without a model call or a random draw (the teacher-forced sequences of multi-turn DPO
+        pairs), or starts one from a chosen prefix (VisRL's replaced bad box). Every turn records its token
+        ``ids`` and its ``span`` [start, end) in the response region.
+        """
         g = 1 if greedy else (group_size or self.group_size)
         processor = vlm.processor
         enc, counts = encode_prompts(processor, samples, self.system_prompt, self.prompt_suffix)
@@ -127,8 +135,14 @@ class MultiTurnSampler(HFSampler):
                 for t in trajs:  # a trajectory whose observations filled the budget exactly cannot continue
                     if not t.done and len(t.ids) >= self.max_total_tokens:
                         t.stop = "budget"
-                active = [t for t in trajs if not t.done]
+                forced = [t for t in trajs if not t.done and len(t.turns) < len(_forced(samples[t.prompt]))]
+                for t in forced:  # a given turn: its tokens as they are, no model call
+                    ids = torch.tensor(_forced(samples[t.prompt])[len(t.turns)])
+                    self._advance(vlm, t, ids, torch.zeros(len(ids)))
+                active = [t for t in trajs if not t.done and t not in forced]
                 if not active:
+                    if forced:
+                        continue
                     break
                 tokens, logps = self._decode(vlm, prompts, active, greedy, with_logprobs)
                 for t, row, lp in zip(active, tokens, logps):
@@ -190,12 +204,13 @@ class MultiTurnSampler(HFSampler):
         tok = vlm.processor.tokenizer
         row = tokens.tolist()
         end, kind = self._turn_end(tok, row, self.max_total_tokens - len(t.ids))
+        span = [len(t.ids), len(t.ids) + end]
         t.ids += row[:end]
         t.policy += [1] * end
         t.mm += [0] * end
         t.logps += logps[:end].tolist()
         text = tok.decode(row[:end], skip_special_tokens=True)
-        turn: dict[str, Any] = {"text": text}
+        turn: dict[str, Any] = {"text": text, "ids": row[:end], "span": span}
         t.turns.append(turn)
         if kind != "call":
             t.stop = kind
@@ -336,6 +351,11 @@ class MultiTurnSampler(HFSampler):
             "tools/observation_tokens_mean": s["obs"] / n,
             "tools/answered_frac": s["answered"] / n,
         }
+
+
+def _forced(sample: dict) -> list[list[int]]:
+    """The row's given turns (``forced_turns``: token ids per policy turn), or none."""
+    return sample.get("forced_turns") or []
 
 
 def _prompt_parts(enc: dict, counts: torch.Tensor, patch_size: int) -> list[dict[str, Any]]:
