@@ -9,7 +9,9 @@ import torch
 from vrl.data.geometry import build_geometry
 from vrl.methods.vgpo import PerceptionMask, VGPOSampler, cut_after, gate
 from vrl.models.loading import load_vlm
+from vrl.models.scoring import score_logprobs
 from vrl.models.tiny import build_tiny_tokenizer
+from vrl.sampler.hf import suppressed_token_ids
 
 
 def test_gate_accepts_resamples_and_keeps_the_best():
@@ -60,3 +62,65 @@ def test_sampler_gates_each_sequence_and_records_the_perception():
     assert torch.equal(masked, 1.0 - perception) and PerceptionMask().token_weights(rollout, None) is None
     greedy = sampler.generate(vlm, rows, greedy=True)  # validation: no gate
     assert "vgpo_tries" not in greedy.extras and len(seen) == 2
+
+
+def _gated(vlm, rows, tag, group_size, scorer, seed=0):
+    """(rollout, forward steps of the policy) of one seeded VGPO rollout with the sampler's log-probs."""
+    sampler = VGPOSampler(
+        max_new_tokens=3, perception_tokens=10, scorer=scorer, close_tag=tag, logprobs=True, group_size=2
+    )
+    steps = []
+    handle = vlm.model.register_forward_hook(lambda *args: steps.append(1))
+    torch.manual_seed(seed)
+    try:
+        rollout = sampler.generate(vlm, rows, group_size=group_size)
+    finally:
+        handle.remove()
+    return rollout, len(steps)
+
+
+def test_the_draw_stops_at_the_closing_tag_and_the_reasoning_continues_from_it():
+    vlm = load_vlm("tiny:qwen2_vl")
+    tok = vlm.processor.tokenizer
+    rows = [dict(r) for r in build_geometry(num_samples=1, image_size=56)]
+    accept = lambda texts, samples: [1.0] * len(texts)  # noqa: E731
+    # the random policy never writes </WATCHING>: the draw runs to its 10-token cap, then 3 reasoning tokens
+    free, free_steps = _gated(vlm, rows, "</WATCHING>", 1, accept)
+    drawn = free.input_ids[0, free.prompt_width :].tolist()
+    assert free.extras["vgpo_perception"].sum().item() == 10 and free_steps == 10 + 3
+    # a tag this seed's draw writes at tokens 2..3: the same seed draws the same tokens up to it, then stops
+    tag = tok.decode(drawn[2:4])
+    stop = len(cut_after(tok, drawn[:10], tag))
+    assert stop == 4  # the tag is not in the text before token 3
+    gated, steps = _gated(vlm, rows, tag, 1, accept)
+    response = gated.input_ids[0, gated.prompt_width :].tolist()
+    n = int(gated.response_mask.sum())
+    assert response[:stop] == drawn[:stop] and gated.extras["vgpo_perception"].sum().item() == stop
+    assert tok.decode(response[:stop]).endswith(tag)
+    # no forward step past the tag: 4 draw steps + one per continuation token (the old full draw took 10 + 3)
+    assert n == stop + 3 and steps == stop + 3
+    assert gated.responses[0] == tok.decode(response[:stop], skip_special_tokens=True) + tok.decode(
+        response[stop:n], skip_special_tokens=True
+    )
+
+
+def test_sampler_logprobs_of_perception_and_reasoning_are_the_teacher_forced_ones():
+    vlm = load_vlm("tiny:qwen2_vl")
+    rows = [dict(r) for r in build_geometry(num_samples=2, image_size=56)]
+    calls = []
+
+    def reject_first(texts, samples):  # every sequence redraws once: the kept perception is a second draw
+        calls.append(len(texts))
+        return [0.0 if len(calls) == 1 else 1.0] * len(texts)
+
+    rollout, _ = _gated(vlm, rows, "</WATCHING>", 3, reject_first)
+    assert calls == [6, 6] and rollout.extras["vgpo_tries"].tolist() == [2.0] * 6
+    suppress = suppressed_token_ids(vlm.processor.tokenizer)
+    scored = score_logprobs(vlm.model, rollout, 1.0, 8, suppress_ids=suppress)
+    # the draws sample at T 0.7 but their log-probs are the scorer's (T 1.0); fp32 generate vs teacher-forced
+    # agree to ~1e-6 (experiments/LOG.md 2026-12-05: max |diff| 9.5e-7)
+    assert torch.allclose(rollout.old_logprobs, scored, atol=1e-5)
+    assert bool((rollout.old_logprobs[rollout.response_mask == 0] == 0).all())
+    calls.clear()
+    again, _ = _gated(vlm, rows, "</WATCHING>", 3, reject_first)  # same seed, same tokens and numbers
+    assert torch.equal(again.input_ids, rollout.input_ids) and torch.equal(again.old_logprobs, rollout.old_logprobs)

@@ -4,7 +4,8 @@ Published inference (``src/infer.py``): sample the perception segment alone (up 
 T = 0.7, top_p 0.95), score it with VSR, accept it at >= tau = 0.75, else resample, at most 3 trials; keep the
 accepted perception or the best one seen; then generate the reasoning conditioned on it. :func:`gate` is that
 accept/resample logic (any draw, any scorer); :class:`VGPOSampler` runs it inside the rollout of every training
-step: G perceptions per prompt drawn and gated independently, then one continuation each.
+step: G perceptions per prompt drawn and gated independently (each draw a ``generate`` that stops at the closing
+tag, so no forward step is spent past it), then one continuation each from prompt + accepted perception.
 
 Training semantics are [NF] (the trainer's handling of gated perceptions was not verified). vrl's choice (the
 spec's [ours]): the trajectory (accepted perception + reasoning) is trained as one response, the policy gradient on
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 
 from vrl.hooks import Hook, StepContext, TokenWeights
 from vrl.methods.cogflow import VSRReward
-from vrl.sampler.hf import HFSampler, _expand_rows, _truncate_after_eos, suppressed_token_ids
+from vrl.sampler.hf import HFSampler, _expand_rows, _truncate_after_eos, sampling_logprobs, suppressed_token_ids
 from vrl.sampler.prompts import encode_prompts
 from vrl.types import Rollout, slice_vision
 
@@ -84,8 +84,36 @@ def cut_after(tokenizer: Any, ids: list[int], marker: str) -> list[int]:
     return ids[:lo]
 
 
+@dataclass
+class Draw:
+    """One perception draw: its tokens (up to and including the closing tag or EOS) and, with the sampler's
+    ``logprobs``, their log-probs under the scorer's distribution (the training temperature, not the draw's)."""
+
+    ids: list[int]
+    logps: list[float] | None = None
+
+
+@dataclass
+class _Prompts:
+    """The prompt side of the N = B*G sequences, encoded once per rollout (left-padded, [N, P])."""
+
+    tensors: dict[str, torch.Tensor]  # input_ids, attention_mask (, mm_token_type_ids)
+    pixel_values: torch.Tensor | None
+    grid: torch.Tensor | None
+    images_per_seq: torch.Tensor  # [N]
+    idx: torch.Tensor  # [N] the prompt of each sequence
+    enc: dict[str, torch.Tensor]
+    images_per_prompt: torch.Tensor  # [B]
+
+
 class VGPOSampler(HFSampler):
     """HFSampler whose rollouts gate the perception segment (:func:`gate`) before the reasoning is sampled.
+
+    A draw is a ``generate`` call that stops at ``close_tag`` (transformers ``stop_strings``): a sequence that
+    wrote the tag stops there and costs no more forward steps (the batch ends when every draw has stopped or hit
+    ``perception_tokens``). The reasoning is then one ``generate`` call on prompt + accepted perception, and the
+    rollout's response is perception + continuation. With ``logprobs`` both parts carry their sampling log-probs
+    (``Rollout.old_logprobs``, at ``temperature``, the distribution the loss scores).
 
     Args (besides :class:`~vrl.sampler.hf.HFSampler`'s; ``max_new_tokens`` caps the continuation):
         perception_tokens: cap of one perception draw (128 published).
@@ -93,7 +121,7 @@ class VGPOSampler(HFSampler):
         max_tries: K, draws per sequence at most (3 published).
         tau: acceptance threshold on the scorer (0.75 published).
         scorer: ``scorer(texts, rows) -> scores``; default VSR of the bare perception (no format needed).
-        close_tag: where a perception ends.
+        close_tag: where a perception ends (the draw's stop string).
     """
 
     def __init__(
@@ -111,22 +139,11 @@ class VGPOSampler(HFSampler):
         super().__init__(*args, **kwargs)
         if max_tries < 1 or perception_tokens < 1:
             raise ValueError("sampler: max_tries and perception_tokens must be >= 1")
+        if not close_tag:
+            raise ValueError("sampler.close_tag must be a non-empty string (the perception's stop string)")
         self.perception_tokens, self.max_tries, self.tau, self.close_tag = perception_tokens, max_tries, tau, close_tag
         self.perception_temperature, self.perception_top_p = perception_temperature, perception_top_p
         self.scorer = scorer if scorer is not None else VSRReward(require_format=False)
-
-    @contextmanager
-    def _drawing(self):
-        saved = (self.max_new_tokens, self.temperature, self.top_p)
-        self.max_new_tokens, self.temperature, self.top_p = (
-            self.perception_tokens,
-            self.perception_temperature,
-            self.perception_top_p,
-        )
-        try:
-            yield
-        finally:
-            self.max_new_tokens, self.temperature, self.top_p = saved
 
     @torch.no_grad()
     def generate(self, vlm, samples: list[dict], group_size: int | None = None, greedy: bool = False) -> Rollout:
@@ -134,69 +151,107 @@ class VGPOSampler(HFSampler):
             return super().generate(vlm, samples, group_size, greedy)
         g = group_size or self.group_size
         tok = vlm.processor.tokenizer
+        prompts = self._encode(vlm, samples, g)
         rows = [samples[i // g] for i in range(len(samples) * g)]
 
-        def draw(todo: list[int]) -> list[list[int]]:
-            with self._drawing():
-                r = super(VGPOSampler, self).generate(vlm, [rows[i] for i in todo], group_size=1)
-            resp = r.input_ids[:, r.prompt_width :]
-            valid = r.response_mask.sum(-1).long().tolist()
-            return [cut_after(tok, resp[k, : valid[k]].tolist(), self.close_tag) for k in range(len(todo))]
+        def draw(todo: list[int]) -> list[Draw]:
+            new, logps = self._sample(vlm, prompts, todo, [[] for _ in todo], perception=True)
+            return [self._perception(tok, new[k], None if logps is None else logps[k]) for k in range(len(todo))]
 
-        def score(todo: list[int], cands: list[list[int]]) -> list[float]:
-            texts = [tok.decode(c, skip_special_tokens=True) for c in cands]
+        def score(todo: list[int], cands: list[Draw]) -> list[float]:
+            texts = [tok.decode(c.ids, skip_special_tokens=True) for c in cands]
             return self.scorer(texts, [rows[i] for i in todo])
 
         result = gate(draw, score, len(rows), self.max_tries, self.tau)
-        rollout = self._continue(vlm, samples, g, result.kept)
+        every = list(range(len(rows)))
+        new, logps = self._sample(vlm, prompts, every, [d.ids for d in result.kept], perception=False)
+        rollout = self._rollout(vlm, samples, prompts, result.kept, new, logps)
         rollout.extras["vgpo_tries"] = torch.tensor(result.tries, dtype=torch.float32)
         rollout.extras["vgpo_score"] = torch.tensor(result.scores, dtype=torch.float32)
         return rollout
 
-    def _continue(self, vlm, samples: list[dict], g: int, perceptions: Sequence[list[int]]) -> Rollout:
-        """The reasoning after each accepted perception; the rollout's response = perception + continuation."""
-        model, processor = vlm.model, vlm.processor
-        tok, device = processor.tokenizer, next(model.parameters()).device
-        enc, images_per_prompt = encode_prompts(processor, samples, self.system_prompt, self.prompt_suffix)
+    def _encode(self, vlm, samples: list[dict], g: int) -> _Prompts:
+        enc, images_per_prompt = encode_prompts(vlm.processor, samples, self.system_prompt, self.prompt_suffix)
         idx = torch.arange(len(samples)).repeat_interleave(g)
-        prompt = {k: enc[k][idx] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in enc}
-        inputs = _with_prefix(prompt, perceptions, tok.pad_token_id)
+        tensors = {k: enc[k][idx] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in enc}
         pixel_values = grid = None
         if "pixel_values" in enc:
             pixel_values, grid = slice_vision(enc["pixel_values"], enc["image_grid_thw"], images_per_prompt, idx)
-            inputs.update(pixel_values=pixel_values, image_grid_thw=grid)
-        was_training = model.training
-        model.eval()
-        out = model.generate(
-            **{k: v.to(device) for k, v in inputs.items()},
-            max_new_tokens=self.max_new_tokens,
+        return _Prompts(tensors, pixel_values, grid, images_per_prompt[idx], idx, enc, images_per_prompt)
+
+    def _sample(
+        self, vlm, prompts: _Prompts, seqs: list[int], prefixes: Sequence[list[int]], perception: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """New tokens [n, T] for sequences ``seqs`` after their prompt + ``prefixes`` (a perception draw: at the
+        draw's settings, stopping at ``close_tag``; else the reasoning), and their log-probs [n, T] at
+        ``temperature`` when the sampler returns log-probs (else None). Rows that stopped early hold padding."""
+        model, tok = vlm.model, vlm.processor.tokenizer
+        device = next(model.parameters()).device
+        sel = torch.tensor(seqs)
+        inputs = _with_prefix({k: v[sel] for k, v in prompts.tensors.items()}, prefixes, tok.pad_token_id)
+        if prompts.pixel_values is not None:
+            pv, grid = slice_vision(prompts.pixel_values, prompts.grid, prompts.images_per_seq, sel)
+            inputs.update(pixel_values=pv, image_grid_thw=grid)
+        kw = dict(
+            max_new_tokens=self.perception_tokens if perception else self.max_new_tokens,
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
             suppress_tokens=suppressed_token_ids(tok),
             do_sample=True,
-            temperature=self.temperature,
-            top_p=self.top_p,
+            temperature=self.perception_temperature if perception else self.temperature,
+            top_p=self.perception_top_p if perception else self.top_p,
             top_k=self.top_k or None,
+            output_logits=self.logprobs,
+            return_dict_in_generate=True,
         )
+        if perception:
+            kw.update(stop_strings=[self.close_tag], tokenizer=tok)
+        was_training = model.training
+        model.eval()
+        out = model.generate(**{k: v.to(device) for k, v in inputs.items()}, **kw)
         model.train(was_training)
-        response, mask, perception_mask = _joined(perceptions, out[:, inputs["input_ids"].shape[1] :].cpu(), tok)
+        new = out.sequences[:, inputs["input_ids"].shape[1] :]
+        if not self.logprobs:
+            return new.cpu(), None
+        logits = torch.stack(out.logits, dim=1)  # [n, T, V], raw: rescaled to the scorer's temperature
+        return new.cpu(), sampling_logprobs(logits, new, self.temperature, kw["suppress_tokens"]).cpu()
+
+    def _perception(self, tok: Any, new: torch.Tensor, logps: torch.Tensor | None) -> Draw:
+        """A draw's own tokens: through its first EOS, then cut after ``close_tag`` (the stop's padding dropped)."""
+        ids = new.tolist()
+        if tok.eos_token_id in ids:
+            ids = ids[: ids.index(tok.eos_token_id) + 1]
+        ids = cut_after(tok, ids, self.close_tag)
+        return Draw(ids, None if logps is None else logps[: len(ids)].tolist())
+
+    def _rollout(
+        self, vlm, samples: list[dict], prompts: _Prompts, kept: Sequence[Draw], new: torch.Tensor, logps
+    ) -> Rollout:
+        """The rollout of response = accepted perception + continuation (``vgpo_perception`` marks the former)."""
+        tok, device = vlm.processor.tokenizer, next(vlm.model.parameters()).device
+        response, mask, perception_mask, old = _joined(kept, new, logps, tok)
+        prompt = prompts.tensors
         mm = None
         if "mm_token_type_ids" in prompt:
             mm = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(response)], 1).to(device)
-        rows = _expand_rows(samples, idx, enc.get("image_grid_thw"), images_per_prompt, vlm.patch_size)
+        rows = _expand_rows(
+            samples, prompts.idx, prompts.enc.get("image_grid_thw"), prompts.images_per_prompt, vlm.patch_size
+        )
         for row, n in zip(rows, mask.sum(-1).tolist()):
             row["response_tokens"] = int(n)
+        pixel_values, grid = prompts.pixel_values, prompts.grid
         return Rollout(
             input_ids=torch.cat([prompt["input_ids"], response], 1).to(device),
             attention_mask=torch.cat([prompt["attention_mask"], mask.to(prompt["attention_mask"].dtype)], 1).to(device),
             response_mask=mask.float().to(device),
             pixel_values=pixel_values.to(device) if pixel_values is not None else None,
             image_grid_thw=grid.to(device) if grid is not None else None,
-            images_per_seq=images_per_prompt[idx],
-            group_ids=idx.to(device),
+            images_per_seq=prompts.images_per_seq,
+            group_ids=prompts.idx.to(device),
             samples=rows,
             responses=tok.batch_decode(response, skip_special_tokens=True),
             mm_token_type_ids=mm,
+            old_logprobs=None if old is None else (old * mask).to(device),
             extras={"vgpo_perception": (perception_mask * mask).to(device)},
         )
 
@@ -206,7 +261,8 @@ def _with_prefix(prompt: dict[str, torch.Tensor], perceptions: Sequence[list[int
     width = max(len(p) for p in perceptions)
     prefix = torch.full((len(perceptions), width), pad_id, dtype=prompt["input_ids"].dtype)
     for n, p in enumerate(perceptions):
-        prefix[n, width - len(p) :] = torch.tensor(p, dtype=prefix.dtype)
+        if p:
+            prefix[n, width - len(p) :] = torch.tensor(p, dtype=prefix.dtype)
     real = (torch.arange(width)[None] >= width - torch.tensor([len(p) for p in perceptions])[:, None]).long()
     inputs = {
         "input_ids": torch.cat([prompt["input_ids"], prefix], 1),
@@ -217,17 +273,23 @@ def _with_prefix(prompt: dict[str, torch.Tensor], perceptions: Sequence[list[int
     return inputs
 
 
-def _joined(perceptions: Sequence[list[int]], cont: torch.Tensor, tok: Any) -> tuple[torch.Tensor, ...]:
+def _joined(
+    kept: Sequence[Draw], cont: torch.Tensor, cont_logps: torch.Tensor | None, tok: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(response [N, L] = perception + continuation right-padded and cut after EOS, valid mask [N, L], perception
-    mask [N, L]); a perception that already ended with EOS gets no continuation."""
-    ended = [bool(p) and p[-1] == tok.eos_token_id for p in perceptions]
-    seqs = [list(p) + ([] if e else cont[n].tolist()) for n, (p, e) in enumerate(zip(perceptions, ended))]
+    mask [N, L], log-probs [N, L] or None); a perception that already ended with EOS gets no continuation."""
+    ended = [bool(d.ids) and d.ids[-1] == tok.eos_token_id for d in kept]
+    seqs = [list(d.ids) + ([] if e else cont[n].tolist()) for n, (d, e) in enumerate(zip(kept, ended))]
     length = max(len(s) for s in seqs)
     response = torch.tensor([s + [tok.pad_token_id] * (length - len(s)) for s in seqs])
     response, mask = _truncate_after_eos(response, tok.eos_token_id, tok.pad_token_id)
     mask = mask * (torch.arange(length)[None] < torch.tensor([len(s) for s in seqs])[:, None]).long()
-    perception = (torch.arange(length)[None] < torch.tensor([len(p) for p in perceptions])[:, None]).float()
-    return response, mask, perception
+    perception = (torch.arange(length)[None] < torch.tensor([len(d.ids) for d in kept])[:, None]).float()
+    if cont_logps is None:
+        return response, mask, perception, None
+    lps = [list(d.logps) + ([] if e else cont_logps[n].tolist()) for n, (d, e) in enumerate(zip(kept, ended))]
+    old = torch.tensor([lp + [0.0] * (length - len(lp)) for lp in lps])
+    return response, mask, perception, old
 
 
 class PerceptionMask(Hook):
