@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 from types import SimpleNamespace
 
+import pytest
 import torch
 from hydra.utils import instantiate
 
 from vrl.data.synthetic import build_synthetic
-from vrl.lit.sft import build_sft_rollout, rejection_sample, response_nll, select_kept, sft_backward
+from vrl.lit.sft import (
+    TemplateTargets,
+    build_sft_rollout,
+    rejection_sample,
+    response_nll,
+    select_kept,
+    sft_backward,
+)
 from vrl.rewards.combine import RewardSet
 from vrl.types import Rollout
 
@@ -135,3 +144,37 @@ def test_sft_fits_kept_responses_on_the_tiny_model(compose):
         sft_backward(vlm.model, rollout, micro_batch_size=1)
         opt.step()
     assert nll() < 0.5 * before
+
+
+def test_template_targets_fill_the_template_from_each_rows_fields():
+    meta = {"target": [{"color": "blue", "shape": "star"}], "scene": {"objects": []}}
+    rows = [
+        {"prompt": "What colour?", "answer": "blue", "meta": json.dumps(meta), "images": [object()], "uid": "r0"},
+        {
+            "prompt": "What colour?",
+            "answer": "red",
+            "meta": json.dumps({"target": [{"color": "red", "shape": "square"}]}),
+        },
+    ]
+    vision_sr1 = (
+        "<description>a {meta[target][0][color]} {meta[target][0][shape]}</description>"
+        "<think>{answer}</think>\\boxed{{{answer}}}"
+    )
+    builder = TemplateTargets(template=vision_sr1, batch_size=4)
+    kept, stats = builder.build(None, rows, [1, 0])
+    # row 1 first (the indices' order); doubled braces are literal, the meta JSON is read through format's indexing
+    assert kept == [
+        (1, "<description>a red square</description><think>red</think>\\boxed{red}"),
+        (0, "<description>a blue star</description><think>blue</think>\\boxed{blue}"),
+    ]
+    assert stats == {"sft/templated": 2.0} and builder.batch_size == 4
+    plain = TemplateTargets(template="{prompt} -> {answer}", json_fields=())
+    assert plain.target(rows[0]) == "What colour? -> blue"
+    with pytest.raises(ValueError, match="row r0 has no 'missing'"):
+        TemplateTargets(template="{missing}").target(rows[0])
+    with pytest.raises(ValueError, match="row 1's 'meta' is not JSON"):
+        TemplateTargets(template="{meta}").target({"meta": "{not json", "uid": "1"})
+    with pytest.raises(ValueError, match="names no row field"):
+        TemplateTargets(template="no fields")
+    with pytest.raises(ValueError, match="not a format string"):
+        TemplateTargets(template="{answer")

@@ -9,12 +9,17 @@ pass on responses that a judge (GPT-4o, score > 85 of 100) accepted. Here the ju
 3. each step trains the token-mean cross-entropy of a batch of kept pairs, teacher-forced on a
    :class:`~vrl.types.Rollout` built from them (:func:`build_sft_rollout`, :func:`sft_backward`).
 
+:class:`TemplateTargets` builds an SFT stage's set without sampling: targets written from each row's fields (a
+format warm start before RL).
+
 Kept responses are strings, re-tokenised with an EOS appended: that is what an SFT data file holds, and it
 lets a checkpoint store the kept set as plain text for exact resume.
 """
 
 from __future__ import annotations
 
+import json
+import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +61,65 @@ class RejectionSampling:
             value = getattr(self, knob)
             if value is not None and value < 1:
                 raise ValueError(f"rejection.{knob} must be >= 1 or null, got {value}")
+
+
+class TemplateTargets:
+    """An SFT stage's set written from the rows themselves: each row's target is ``template`` filled from its fields.
+
+    A *format warm start*: before RL, teach the policy the output layout a reward expects (Vision-SR1's
+    ``<description>..</description><think>..</think>\\boxed{..}``, a ``<think>``/``<answer>`` layout, ...) from ground
+    truth, so RL starts from a policy that writes it (a tiny random policy never writes it by itself). Use it as an
+    ``sft`` stage's ``rejection`` (any object with ``build`` goes there, see :class:`vrl.lit.stages.Stage`).
+
+    The template is :meth:`str.format` with the row's fields as keywords. Fields named in ``json_fields`` that hold
+    JSON text (the rows' ``meta``) are parsed first, so nested values are reachable with format's indexing:
+    ``{meta[target][0][color]}``. Literal braces are doubled: ``\\boxed{{{answer}}}``.
+
+    Args:
+        template: the target text.
+        json_fields: row fields parsed from JSON text before formatting.
+        batch_size: pairs per SFT step; None = the run's prompts per step.
+        max_prompts: only the first N rows of the stage's data; None = all of them.
+    """
+
+    def __init__(
+        self,
+        template: str,
+        json_fields: Sequence[str] = ("meta",),
+        batch_size: int | None = None,
+        max_prompts: int | None = None,
+    ) -> None:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as e:
+            raise ValueError(f"rejection.template is not a format string ({e}): {template!r}") from None
+        if not fields:
+            raise ValueError(f"rejection.template names no row field: {template!r}")
+        for knob, value in (("batch_size", batch_size), ("max_prompts", max_prompts)):
+            if value is not None and value < 1:
+                raise ValueError(f"rejection.{knob} must be >= 1 or null, got {value}")
+        self.template, self.json_fields = template, tuple(json_fields)
+        self.batch_size, self.max_prompts = batch_size, max_prompts
+
+    def target(self, row: Mapping[str, Any]) -> str:
+        """The filled template of one row; a field the row lacks is a ValueError naming it and the row."""
+        fields = {k: v for k, v in row.items() if k != "images"}
+        where = row.get("uid", "?")
+        for name in self.json_fields:
+            if isinstance(fields.get(name), str):
+                try:
+                    fields[name] = json.loads(fields[name])
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"rejection.json_fields: row {where}'s {name!r} is not JSON ({e})") from None
+        try:
+            return self.template.format(**fields)
+        except (KeyError, IndexError, TypeError, AttributeError) as e:
+            raise ValueError(f"rejection.template: row {where} has no {e!s} (template {self.template!r})") from None
+
+    def build(self, ctx: Any, data: Any, indices: Sequence[int]) -> tuple[list[tuple[int, str]], dict[str, float]]:
+        """``(index, target)`` for each row of ``indices`` (the stage's shard, ``max_prompts`` applied)."""
+        kept = [(int(i), self.target(dataset_row(data, i))) for i in indices]
+        return kept, {"sft/templated": float(len(kept))}
 
 
 def select_kept(
