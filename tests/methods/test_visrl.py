@@ -1,4 +1,5 @@
-"""VisRL's pair pipeline: square-padded IoU, the bad-box replacement, the published filter, pair records."""
+"""VisRL's pair pipeline: square-padded IoU, the bad-box replacement, the published filter, and pairs built from
+real multi-turn crop trajectories of the tiny model (scripted texts) and replayed for the DPO step."""
 
 from __future__ import annotations
 
@@ -7,19 +8,11 @@ import random
 from types import SimpleNamespace
 
 import pytest
-from PIL import Image
+import torch
+from PIL import Image, ImageDraw
 
-from vrl.lit.preference import side_row
-from vrl.methods.visrl import (
-    BOX_INSTRUCTION,
-    VisRLPairs,
-    box_coverage,
-    pair_record,
-    replace_bad_box,
-    select_pair,
-    square_box,
-    target_box,
-)
+from vrl.lit.preference import DPOLoss, pair_batch
+from vrl.methods.visrl import BOX_INSTRUCTION, VisRLPairs, replace_bad_box, select_pair, square_box, target_region
 from vrl.rewards.iou import box_iou
 
 
@@ -51,57 +44,96 @@ def test_the_published_filter():
     assert select_pair([_t(1.0, 0.5, "a"), _t(0.0, 0.1, "b")]) is None  # no max with a good crop
 
 
-def test_coverage_and_target_box():
-    assert box_coverage([0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 0.75, 0.75]) == pytest.approx(0.25)
-    assert box_coverage(None, [0, 0, 1, 1]) == 0.0
-    row = {"meta": json.dumps({"target": [{"bbox": [10, 20, 30, 40]}], "image_size": [100, 200]})}
-    assert target_box(row) == pytest.approx([0.1, 0.1, 0.3, 0.2])
+def test_target_region_prefers_the_annotated_detail():
+    shapes = {"meta": json.dumps({"target": [{"bbox": [10, 20, 30, 40]}], "image_size": [100, 200]})}
+    assert target_region(shapes) == [10.0, 20.0, 30.0, 40.0]
+    zoom = {"meta": {"detail_box": [1, 2, 3, 4], "target": [{"bbox": [10, 20, 30, 40]}]}}
+    assert target_region(zoom) == [1.0, 2.0, 3.0, 4.0] and target_region({"meta": "{}"}) is None
 
 
-ROW = {"prompt": "<image>\nWhat colour is the square?", "images": [Image.new("RGB", (100, 100), "red")],
-       "answer": "red", "answer_type": "text",
-       "meta": json.dumps({"target": [{"bbox": [0, 0, 50, 50]}], "image_size": [100, 100]})}  # fmt: skip
+def _image():
+    image = Image.new("RGB", (112, 112), "white")
+    ImageDraw.Draw(image).rectangle([0, 0, 55, 55], fill="red")  # the target: the top-left quarter
+    return image
 
 
-def test_stage_two_records_hold_both_steps_each_answer_on_its_own_crop():
-    chosen = {"box_text": "[0, 0, 0.5, 0.5]", "box": [0, 0, 0.5, 0.5], "answer": "red"}
-    rejected = {"box_text": "[0.6, 0.6, 0.9, 0.9]", "box": [0.6, 0.6, 0.9, 0.9], "answer": "blue"}
-    one = pair_record(3, ROW, chosen, rejected, stage=1)
-    assert one["segments"] == [{"prompt": ROW["prompt"] + BOX_INSTRUCTION, "chosen": "[0, 0, 0.5, 0.5]",
-                                "rejected": "[0.6, 0.6, 0.9, 0.9]", "weight": 1.0}]  # fmt: skip
-    two = pair_record(3, ROW, chosen, rejected, stage=2)
-    assert [s["weight"] for s in two["segments"]] == [0.5, 0.5]
-    answer = two["segments"][1]
-    c, r = side_row(ROW, answer, "chosen"), side_row(ROW, answer, "rejected")
-    assert len(c["images"]) == 2 and c["images"][1].size == (56, 56)  # a 50 px crop scaled to the 56 px minimum
-    assert c["images"][1].getpixel((0, 0)) == (255, 0, 0) and "[0, 0, 0.5, 0.5]" in c["prompt"]
-    assert "[0.6, 0.6, 0.9, 0.9]" in r["prompt"] and r["images"][0] is ROW["images"][0]
+META = json.dumps({"target": [{"bbox": [0, 0, 56, 56]}], "image_size": [112, 112]})
+ROW = {"uid": "r0", "prompt": "<image>\nWhat colour is the square?", "images": [_image()], "answer": "red",
+       "answer_type": "text", "meta": META}  # fmt: skip
+GOOD, CLOSE = "<box>[0, 0, 0.5, 0.5]</box>", "<box>[0.1, 0.1, 0.5, 0.5]</box>"
 
 
-class ScriptedPolicy:
-    """Canned box and answer texts (the policy is not under test); the run's real accuracy reward judges."""
-
-    def __init__(self, boxes, answers):
-        self.boxes, self.answers = boxes, answers
-
-    def generate(self, rows, group_size=1, **sampling):
-        asked_box = rows[0]["prompt"].endswith(BOX_INSTRUCTION)
-        return SimpleNamespace(responses=list(self.boxes if asked_box else self.answers))
-
-
-def test_trajectories_replace_an_overlapping_bad_box_and_build_a_pair():
+@pytest.fixture(scope="module")
+def policy():
+    """The tiny model behind the visrl_crop rollout; a script writes the texts (the policy is not under test):
+    the good trajectory boxes the red quarter and answers red, the second boxes nearly the same region (so VisRL
+    replaces its box) and, re-rolled from the replacement, answers blue."""
+    from vrl.data.tasks import corpus, single_token_words
+    from vrl.lit.context import generate_with
+    from vrl.models.loading import load_vlm
     from vrl.rewards import Accuracy
     from vrl.rewards.combine import RewardSet
+    from vrl.sampler.multi_turn import MultiTurnSampler
+    from vrl.sampler.scripted import ScriptedTurns
+    from vrl.tools import Crop
 
-    policy = ScriptedPolicy(["[0, 0, 0.5, 0.5]", "[0.1, 0.1, 0.5, 0.5]"], ["red", "blue"])
-    ctx = SimpleNamespace(generate=policy.generate, reward=RewardSet({"accuracy": Accuracy()}))
-    builder = VisRLPairs(stage=2, attempts=1)
-    trajs = builder.trajectories(ctx, ROW, 0)
-    good, bad = trajs
-    assert good["box"] == [0, 0, 0.5, 0.5] and good["s_ans"] == 1.0 and good["s_box"] == 1.0
-    # the bad box overlapped the good one (IoU 0.64 > 0.05): replaced by a disjoint box of similar size
-    assert box_iou(bad["box"], good["box"]) == 0.0 and bad["box_text"] != "[0.1, 0.1, 0.5, 0.5]"
-    assert bad["s_ans"] == 0.0 and bad["s_box"] <= 0.2
-    records, stats = builder.build(ctx, [ROW], [0])
-    assert len(records) == 1 and stats == {"dpo/pairs_built": 1.0, "dpo/questions": 1.0}
-    assert records[0]["segments"][1]["chosen"] == "red" and records[0]["segments"][1]["rejected"] == "blue"
+    torch.manual_seed(0)
+    vlm = load_vlm("tiny:qwen2_5_vl", tiny_extra_texts=corpus(), tiny_single_tokens=single_token_words())
+    sampler = MultiTurnSampler(tools={"crop": Crop(normalized=1, zoom_pixels=12544)}, max_turns=1, group_size=2,
+                               max_new_tokens=48, max_total_tokens=400, call_open="<box>", call_close="</box>",
+                               bare_tool="crop")  # fmt: skip
+    tok = vlm.processor.tokenizer
+
+    def generate(rows, group_size=None, greedy=False, **sampling):
+        if "forced_turns" in rows[0]:  # the re-roll from the replacement box: turn 0 is given
+            scripts = [["", "<answer>blue</answer>"]] * len(rows)
+        else:
+            scripts = [[GOOD, "<answer>red</answer>"], [CLOSE, "<answer>red</answer>"]]
+        sampler.logits_processor = ScriptedTurns(tok, scripts)
+        return generate_with(sampler, vlm, rows, group_size, greedy, **sampling)
+
+    return SimpleNamespace(generate=generate, reward=RewardSet({"accuracy": Accuracy()})), tok
+
+
+def test_trajectories_replace_an_overlapping_bad_box_and_re_roll_from_it(policy):
+    ctx, tok = policy
+    good, bad = VisRLPairs(stage=2, attempts=1).trajectories(ctx, ROW, 0)
+    # good: the crop [0, 0, 56, 56] px holds the whole target; the answer is right
+    assert good["box"] == [0.0, 0.0, 0.5, 0.5] and good["s_ans"] == 1.0 and good["s_box"] == 1.0
+    assert tok.decode(good["turns"][0]) == GOOD
+    # the second box overlapped it (IoU 0.64 > 0.05): replaced by a disjoint box, given as turn 0 of a re-roll
+    assert box_iou(bad["box"], good["box"]) == 0.0 and tok.decode(bad["turns"][0]) != CLOSE
+    assert tok.decode(bad["turns"][0]).startswith("<box>[") and bad["s_box"] == 0.0 and bad["s_ans"] == 0.0
+    assert "blue" in bad["response"]
+
+
+def test_pairs_replay_both_trajectories_and_score_one_turn_per_segment(policy):
+    ctx, tok = policy
+    records, stats = VisRLPairs(stage=2, attempts=1).build(ctx, [ROW], [0])
+    assert stats == {"dpo/pairs_built": 1.0, "dpo/questions": 1.0}
+    (record,) = records
+    assert [(s["turn"], s["weight"]) for s in record["segments"]] == [(0, 0.5), (1, 0.5)]
+    assert record["segments"][0]["prompt"] == ROW["prompt"] + BOX_INSTRUCTION
+    batch = pair_batch(ctx, [ROW], records, DPOLoss())
+    chosen, rejected = batch.chosen, batch.rejected
+    # per side 2 rows (box segment, answer segment) of the same replayed trajectory, each with its crop as image 2
+    assert chosen.images_per_seq.tolist() == [2, 2] and rejected.images_per_seq.tolist() == [2, 2]
+    assert torch.equal(chosen.input_ids[0], chosen.input_ids[1])
+    good = record["segments"][0]["chosen_turns"]
+    answer = tok("<answer>red</answer>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert good[1] == answer
+    # masks: the box turn's tokens, then the answer turn's (EOS included); never the observation between them
+    assert chosen.response_mask[0].sum() == len(good[0]) and chosen.response_mask[1].sum() == len(answer)
+    resp = chosen.input_ids[1, -chosen.response_mask.shape[1] :]
+    assert resp[chosen.response_mask[1] > 0].tolist() == answer
+    assert resp[chosen.response_mask[0] > 0].tolist() == good[0]
+    assert rejected.response_mask[1].sum() == len(record["segments"][1]["rejected_turns"][1])
+    assert batch.weights.tolist() == [0.5, 0.5]
+
+
+def test_a_replay_with_other_budgets_is_refused(policy):
+    ctx, tok = policy
+    records, _ = VisRLPairs(stage=1, attempts=1).build(ctx, [ROW], [0])
+    short = [{**records[0], "segments": [{**records[0]["segments"][0], "turn": 2}]}]  # no turn 2 exists
+    with pytest.raises(ValueError, match="uid='r0' did not replay its 2 given turns"):
+        pair_batch(ctx, [ROW], short, DPOLoss())

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -147,32 +147,58 @@ class PreferenceSettings:
 
 def side_row(row: dict, seg: Mapping[str, Any], side: str) -> dict:
     """The row one side of a segment is conditioned on: ``<side>_prompt`` or ``prompt`` replaces the row's prompt,
-    and ``<side>_crop`` (a normalised box, or null for the whole image) appends that crop of the row's first image
-    (VisRL's answer step sees its own crop)."""
+    and ``<side>_turns`` (token ids per policy turn of a multi-turn trajectory) become its given turns, replayed by
+    the multi-turn sampler (VisRL's box -> crop -> answer trajectories)."""
     prompt = seg.get(f"{side}_prompt") or seg.get("prompt")
     out = {**row, "prompt": prompt} if prompt else row
-    if f"{side}_crop" in seg:
-        from vrl.data.crop import crop
-
-        out = {**out, "images": [*row["images"], crop(row["images"][0], seg[f"{side}_crop"])]}
+    if f"{side}_turns" in seg:
+        out = {**out, "forced_turns": seg[f"{side}_turns"]}
     return out
 
 
 def pair_batch(ctx: Any, data: Any, records: Sequence[Mapping[str, Any]], loss: DPOLoss) -> PreferenceBatch:
-    """Teacher-forced chosen and rejected segments of ``records`` (via ``ctx.pairs``: prompts encoded as the
-    sampler encodes them), each side on its :func:`side_row`."""
+    """Teacher-forced chosen and rejected segments of ``records``, each side on its :func:`side_row`: single-turn
+    segments via ``ctx.pairs`` (prompts encoded as the sampler encodes them), multi-turn ones (``<side>_turns``,
+    scoring turn ``turn``) replayed by the sampler (:func:`replayed_turns`)."""
     rows = {"chosen": [], "rejected": []}
     texts = {"chosen": [], "rejected": []}
-    weights = []
+    weights, turns = [], []
     for record in records:
         row = dataset_row(data, int(record["index"]))
         for seg in record["segments"]:
             for side in rows:
                 rows[side].append(side_row(row, seg, side))
-                texts[side].append(seg[side])
+                texts[side].append(seg.get(side))
             weights.append(float(seg.get("weight", 1.0)))
-    chosen, rejected = (ctx.pairs(rows[s], texts[s]) for s in ("chosen", "rejected"))
+            turns.append(seg.get("turn"))
+    multi = {t is not None for t in turns}
+    if len(multi) > 1:
+        raise ValueError("preference: a batch mixes multi-turn segments (with 'turn') and single-turn ones")
+    if multi == {True}:
+        chosen, rejected = (replayed_turns(ctx, rows[s], turns) for s in ("chosen", "rejected"))
+    else:
+        chosen, rejected = (ctx.pairs(rows[s], texts[s]) for s in ("chosen", "rejected"))
     return PreferenceBatch(chosen, rejected, torch.tensor(weights), len(records), loss)
+
+
+def replayed_turns(ctx: Any, rows: list[dict], turns: list[int]) -> Rollout:
+    """The trajectories given as ``forced_turns``, replayed by the run's (multi-turn) sampler with no model call,
+    their response masks cut to policy turn ``turns[i]`` of row i (the segment a DPO term scores; every earlier
+    token, observations and their images included, is context)."""
+    out = ctx.generate(rows, group_size=1, greedy=True)
+    mask = torch.zeros_like(out.response_mask)
+    for i, (row, sample, k) in enumerate(zip(rows, out.samples, turns)):
+        got = [t["ids"] for t in sample.get("turns") or []]
+        given = [list(t) for t in row["forced_turns"]]
+        if "turns" not in sample or got[: len(given)] != given or k >= len(given):
+            raise ValueError(
+                f"preference: row uid={row.get('uid')!r} did not replay its {len(given)} given turns (or has no "
+                f"turn {k}): multi-turn pairs need the sampler they were built with (sampler=multi_turn, same "
+                "tools and budgets)"
+            )
+        start, end = sample["turns"][k]["span"]
+        mask[i, start:end] = 1
+    return replace(out, response_mask=mask, old_logprobs=None)
 
 
 def dpo_loss(

@@ -110,11 +110,12 @@ class MultiTurnSampler(HFSampler):
     def generate(self, vlm, samples: list[dict], group_size: int | None = None, greedy: bool = False) -> Rollout:
         """B rows -> N = B*G trajectories (sequences of one row adjacent), as ``HFSampler.generate``.
 
-        A row's ``forced_turns`` (token ids per policy turn, e.g. a recorded trajectory's ``turns[k]["ids"]``) are
-        taken as given instead of sampled: calls in them run their tools and get their observations as usual, and
-        the model continues after the last one unless it ended the trajectory. That replays a stored trajectory
-        token for token without a model call or a random draw (the teacher-forced sequences of multi-turn DPO
-        pairs), or starts one from a chosen prefix (VisRL's replaced bad box). Every turn records its token
+        A row's ``forced_turns`` (per policy turn: token ids, e.g. a recorded trajectory's ``turns[k]["ids"]``,
+        or a text, tokenised without special tokens) are taken as given instead of sampled: calls in them run
+        their tools and get their observations as usual, and the model continues after the last one unless it
+        ended the trajectory. That replays a stored trajectory token for token without a model call or a random
+        draw (the teacher-forced sequences of multi-turn DPO pairs), or starts one from a chosen prefix (VisRL's
+        replaced bad box). Every turn records its token
         ``ids`` and its ``span`` [start, end) in the response region.
         """
         g = 1 if greedy else (group_size or self.group_size)
@@ -135,11 +136,8 @@ class MultiTurnSampler(HFSampler):
                 for t in trajs:  # a trajectory whose observations filled the budget exactly cannot continue
                     if not t.done and len(t.ids) >= self.max_total_tokens:
                         t.stop = "budget"
-                forced = [t for t in trajs if not t.done and len(t.turns) < len(_forced(samples[t.prompt]))]
-                for t in forced:  # a given turn: its tokens as they are, no model call
-                    ids = torch.tensor(_forced(samples[t.prompt])[len(t.turns)])
-                    self._advance(vlm, t, ids, torch.zeros(len(ids)))
-                active = [t for t in trajs if not t.done and t not in forced]
+                forced = self._force_turns(vlm, trajs, samples)
+                active = [t for t in trajs if not t.done and id(t) not in forced]
                 if not active:
                     if forced:
                         continue
@@ -154,6 +152,20 @@ class MultiTurnSampler(HFSampler):
         if not greedy:
             self._count(trajs)
         return self._rollout(vlm, samples, prompts, trajs, with_logprobs)
+
+    def _force_turns(self, vlm, trajs: list[Trajectory], samples: list[dict]) -> set[int]:
+        """Advance every unfinished trajectory whose row gives its next turn by that turn, as it is (no model
+        call); the ``id`` of each one advanced."""
+        tok, forced = vlm.processor.tokenizer, set()
+        for t in trajs:
+            given = _forced(samples[t.prompt])
+            if t.done or len(t.turns) >= len(given):
+                continue
+            turn = given[len(t.turns)]
+            ids = tok(turn, add_special_tokens=False)["input_ids"] if isinstance(turn, str) else list(turn)
+            self._advance(vlm, t, torch.tensor(ids, dtype=torch.long), torch.zeros(len(ids)))
+            forced.add(id(t))
+        return forced
 
     def _decode(self, vlm, prompts, active: list[Trajectory], greedy: bool, with_logprobs: bool):
         """One ``generate`` call continuing every active trajectory: new tokens [n, T] and their sampling
@@ -354,7 +366,7 @@ class MultiTurnSampler(HFSampler):
 
 
 def _forced(sample: dict) -> list[list[int]]:
-    """The row's given turns (``forced_turns``: token ids per policy turn), or none."""
+    """The row's given turns (``forced_turns``: token ids or a text per policy turn), or none."""
     return sample.get("forced_turns") or []
 
 
