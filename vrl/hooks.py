@@ -75,6 +75,8 @@ class StepContext:
         mini_batch_size: sequences per optimizer step; None = the whole rollout.
         rank, world_size: data-parallel position; ``gather(t)`` stacks a tensor over ranks (None on one): the
             same shape on every rank, called as often on each (README, 'Hooks under DDP').
+            ``gather_objects(obj)`` is every rank's picklable ``obj`` in rank order (None on one): a stage's
+            pairs that each rank built from its shard, merged so that every rank holds the whole set.
         vision: the processor's patch layout; None for text-only models.
         pad_token_id: the tokenizer's pad id (to concatenate rollouts).
         kernel_impl: ``torch`` or a ``vrl_kernels`` implementation for vocabulary statistics.
@@ -104,6 +106,7 @@ class StepContext:
     rank: int = 0
     world_size: int = 1
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    gather_objects: Callable[[Any], list[Any]] | None = None
     vision: VisionLayout | None = None
     pad_token_id: int = 0
     kernel_impl: str = "torch"

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
+import math
 import os
 import socket
 import subprocess
@@ -38,6 +40,7 @@ FORKING = (
     "test_ddp_seq_mean_with_pearl_probe_branch_equals_one_process",
     "test_ddp_unequal_ranks_and_a_resume_equal_one_uninterrupted_process",
     "test_a_step_where_one_rank_has_nothing_is_skipped_by_every_rank",
+    "test_ddp_dpo_stage_equals_one_process",
 )
 INSIDE_CHILD = os.environ.get("VRL_DDP_CHILD") == "1"
 #: set by a test before forking (the ranks inherit it): give the hook set a local judge with a model of
@@ -465,3 +468,44 @@ def test_a_step_where_one_rank_has_nothing_is_skipped_by_every_rank(compose, tmp
         (version / "metrics.csv").open())]  # fmt: skip
     assert any(row.get("train/empty_steps") == "1.0" for row in rows)
     assert any(row.get("train/loss") for row in rows)  # then a real optimizer step
+
+
+@pytest.mark.slow
+def test_ddp_dpo_stage_equals_one_process(compose, tmp_path, tiny_overrides, ddp_child):
+    if _in_child(ddp_child, "test_ddp_dpo_stage_equals_one_process"):
+        return
+    # A DPO stage on 4 pairs from a file (STIC's schema), 2 epochs: the single process takes all 4 per step, each
+    # rank 2 (its shard). Responses of different lengths make the ranks' sums differ, so a wrong normaliser (pairs
+    # per rank instead of the global count) or a pair seen twice shows in the weights (SGD: linear in the
+    # gradient) and in the logged DPO loss, accuracy and margin.
+    from PIL import Image
+
+    colours = ("red", "green", "blue", "white")
+    for c in colours:
+        Image.new("RGB", (56, 56), c).save(tmp_path / f"{c}.png")
+    chat = lambda a: [{"role": "user", "content": "<image>\nDescribe."}, {"role": "assistant", "content": a}]  # noqa: E731
+    rows = [{"image": f"{c}.png", "chosen": chat(f"a {c} square" + " here" * i), "rejected": chat(f"a cat {i}")}
+            for i, c in enumerate(colours)]  # fmt: skip
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stage = "hooks.curriculum.stages.pref"
+    data = f"{stage}.data={{_target_:vrl.data.preference.load_preference,path:{tmp_path}/pairs.jsonl}}"
+    extra = ["+method=stic", data, f"~{stage}.preference.pairs", f"{stage}.epochs=2",
+             "hooks.curriculum.stages.describe=null", "optimizer.lr=0.5", "trainer.max_steps=20"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    reference = [[*_base(tiny_overrides, one), *extra, f"{stage}.preference.batch_size={WORLD * B}"]]
+    ddp = [[*_base(tiny_overrides, two), *extra, f"{stage}.preference.batch_size={B}"]]
+    out = _launch(compose, reference, ddp, [])
+    assert sorted(out) == [0, 1, 2], "a process did not finish"
+    a, b = _weights(one), _weights(two)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    logged_one, logged_two = _logged(one), _logged(two)
+    steps = sorted(s for s in logged_one if "dpo/loss" in logged_one[s])
+    assert len(steps) == 2 and steps == sorted(s for s in logged_two if "dpo/loss" in logged_two[s])
+    assert math.isclose(logged_one[steps[0]]["dpo/loss"], math.log(2.0), rel_tol=1e-5)  # policy == reference
+    assert logged_one[steps[1]]["dpo/loss"] != logged_one[steps[0]]["dpo/loss"]  # the first step moved the policy
+    for step in steps:
+        for key in ("dpo/loss", "dpo/nll", "dpo/accuracy", "dpo/margin", "dpo/pairs", "train/grad_norm"):
+            got, want = logged_two[step][key], logged_one[step][key]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"step {step} {key}: {got} != {want}")
+    assert logged_one[steps[0]]["dpo/pairs"] == 4  # every pair in each step, once

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from vrl.hooks import Sampling, StageSettings, StepContext, VisionLayout
+from vrl.lit.dist import gather_objects
 from vrl.lit.sft import build_sft_rollout
 from vrl.models.scoring import response_logits, score_logprobs
 from vrl.types import Rollout
@@ -143,6 +144,7 @@ def step_context(module: Any) -> StepContext:
         rank=module.global_rank,
         world_size=world,
         gather=module.all_gather if world > 1 else None,
+        gather_objects=functools.partial(gather_objects, module) if world > 1 else None,
         vision=vision_layout(module.vlm),
         pad_token_id=module.vlm.processor.tokenizer.pad_token_id,
         kernel_impl=module.objective.kernel_impl,

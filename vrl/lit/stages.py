@@ -326,7 +326,8 @@ class StageScheduler(Hook):
         shard = list(range(len(data)))[: getattr(rs, "max_prompts", None)][ctx.rank :: ctx.world_size]
         builder = stage.preference.pairs if stage.kind == "dpo" else rs
         if callable(getattr(builder, "build", None)):  # pair records, or an SFT set built another way
-            self.kept[self.index], stats = builder.build(ctx, data, shard)
+            kept, stats = builder.build(ctx, data, shard)
+            self.kept[self.index] = _of_all_ranks(ctx, kept)
             ctx.print(f"[vrl] curriculum: stage {stage.name!r} built {len(self.kept[self.index])} {stage.kind} pairs")
             ctx.log(stats)
             return
@@ -337,7 +338,7 @@ class StageScheduler(Hook):
         kept, stats = rejection_sample(generate, data, shard, rs.candidates, judge, rs.threshold, per_call)
         if judge is not run_reward:
             judge.close()
-        self.kept[self.index] = kept
+        self.kept[self.index] = kept = _of_all_ranks(ctx, kept)
         ctx.print(
             f"[vrl] curriculum: stage {stage.name!r} kept {len(kept)} of {int(stats['sft/candidates'])} "
             f"candidates (judge reward >= {rs.threshold})"
@@ -360,6 +361,16 @@ class StageScheduler(Hook):
         self.done = bool(state.get("done", False))
         self.kept = {int(i): [_entry(e) for e in pairs] for i, pairs in state["kept"].items()}
         self._sources, self._pending_sources = {}, {int(i): dict(s) for i, s in state["sources"].items()}
+
+
+def _of_all_ranks(ctx: StepContext, kept: list) -> list:
+    """The kept entries of every rank, in data order. Each rank builds its shard's; the stage's stream then
+    shards the whole set again, so every rank agrees on the stage's length (and on skipping an empty one) and a
+    pair is trained once per epoch, as in one process (sorted by row index, stable: one process's order)."""
+    if ctx.gather_objects is None:
+        return kept
+    merged = [e for part in ctx.gather_objects(kept) for e in part]
+    return sorted(merged, key=lambda e: int(e["index"] if isinstance(e, Mapping) else e[0]))
 
 
 def _entry(e: Any) -> Any:
