@@ -90,6 +90,15 @@ def test_stacked_presets_later_wins_and_command_line_wins_last(compose):
     assert cli.loss_agg._target_ == M + "loss_agg.TokenMean"
 
 
+def test_dapo_overlong_cap_is_the_whole_response_region_of_a_multi_turn_sampler(compose):
+    # single turn: the cap is max_new_tokens; multi-turn: the policy's turns together may take up to
+    # max_total_tokens (e.g. zoom: 3 turns x 64 tokens per turn > 64), so the cap is the region, not one turn
+    single = compose(["+method=dapo", "sampler.max_new_tokens=48"])
+    assert single.reward.overlong.max_len == 48
+    multi = compose(["+method=[zoom,dapo]", "sampler.max_new_tokens=64", "sampler.max_total_tokens=300"])
+    assert multi.reward.overlong.max_len == 300
+
+
 def test_objective_node_follows_the_groups_and_the_sampling_temperature(compose):
     from hydra.utils import instantiate
 
