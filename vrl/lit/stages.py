@@ -4,9 +4,10 @@ A curriculum (Curr-ReFT's yes/no -> multiple choice -> open questions, RewardMap
 types) changes *what* the loop trains on, not *how*: one :class:`StageScheduler` hook applies the current
 :class:`Stage` to the module at the start of every step (its prompt stream, reward terms, G, sampling
 temperature) and moves to the next stage when the stage's switch rule fires. A stage of kind ``sft`` runs
-rejection-sampled supervised steps instead of RL steps (:mod:`vrl.lit.sft`, via ``replace_step``); a stage of
-kind ``dpo`` runs preference steps on pairs read from its data or built by the policy at the stage's start
-(:mod:`vrl.lit.preference`).
+rejection-sampled supervised steps instead of RL steps (:mod:`vrl.lit.sft`, via ``replace_step``; items that are
+traces of several turns, e.g. tool calls, are replayed by the run's multi-turn sampler: :mod:`vrl.lit.sft_turns`);
+a stage of kind ``dpo`` runs preference steps on pairs read from its data or built by the policy at the stage's
+start (:mod:`vrl.lit.preference`).
 
 Switch rules, checked at the start of a step once the stage has run at least one step:
 
@@ -42,6 +43,7 @@ from vrl.data.source import PromptSource, dataset_row
 from vrl.hooks import Hook, StageSettings, StepContext
 from vrl.lit.preference import PreferenceBatch, PreferenceSettings, pair_batch
 from vrl.lit.sft import RejectionSampling, rejection_sample
+from vrl.lit.sft_turns import is_multi_turn, plain_trace, replayed_sft
 from vrl.types import Rollout
 
 KINDS = ("rl", "sft", "dpo")
@@ -91,7 +93,8 @@ class Stage:
         epochs: passes for ``exhausted`` (setting it implies ``exhausted``).
         metric: switch rule: ``{name, threshold, mode: above|below}``.
         rejection: SFT only: how the kept set is built (:class:`vrl.lit.sft.RejectionSampling`, or any object
-            with ``build(ctx, data, indices) -> ([(index, response[, prompt])], stats)``).
+            with ``build(ctx, data, indices) -> ([(index, response[, prompt])], stats)``; a response may be a list
+            of turns, texts or token ids: a multi-turn item, :mod:`vrl.lit.sft_turns`).
         preference: DPO only: the pairs and the loss (:class:`vrl.lit.preference.PreferenceSettings`).
     """
 
@@ -234,6 +237,8 @@ class StageScheduler(Hook):
         if stage.kind == "dpo":
             return pair_batch(ctx, data, entries, stage.preference.loss)
         rows = [dataset_row(data, e[0]) | ({"prompt": e[2]} if len(e) > 2 else {}) for e in entries]
+        if any(is_multi_turn(e[1]) for e in entries):  # traces of turns: replayed by the run's multi-turn sampler
+            return replayed_sft(ctx, rows, [[e[1]] if isinstance(e[1], str) else e[1] for e in entries])
         return ctx.pairs(rows, [e[1] for e in entries])
 
     # ----------------------------------------------------------------- switching
@@ -374,5 +379,9 @@ def _of_all_ranks(ctx: StepContext, kept: list) -> list:
 
 
 def _entry(e: Any) -> Any:
-    """A checkpointed kept entry: a DPO pair record as is, an SFT ``(index, response[, prompt])`` as a tuple."""
-    return dict(e) if isinstance(e, Mapping) else (int(e[0]), *map(str, e[1:]))
+    """A checkpointed kept entry: a DPO pair record as is, an SFT ``(index, response[, prompt])`` as a tuple (a
+    multi-turn response: its list of turns, :mod:`vrl.lit.sft_turns`)."""
+    if isinstance(e, Mapping):
+        return dict(e)
+    response = str(e[1]) if isinstance(e[1], str) else plain_trace(e[1])
+    return (int(e[0]), response, *map(str, e[2:]))
