@@ -172,7 +172,7 @@ def test_template_targets_fill_the_template_from_each_rows_fields():
     assert plain.target(rows[0]) == "What colour? -> blue"
     with pytest.raises(ValueError, match="row r0 has no 'missing'"):
         TemplateTargets(template="{missing}").target(rows[0])
-    with pytest.raises(ValueError, match="row 1's 'meta' is not JSON"):
+    with pytest.raises(ValueError, match="rejection.template: row 1's 'meta' is not JSON"):
         TemplateTargets(template="{meta}").target({"meta": "{not json", "uid": "1"})
     with pytest.raises(ValueError, match="names no row field"):
         TemplateTargets(template="no fields")

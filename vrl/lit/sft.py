@@ -18,14 +18,13 @@ lets a checkpoint store the kept set as plain text for exact resume.
 
 from __future__ import annotations
 
-import json
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from vrl.data.row_template import check_template, fill
 from vrl.data.source import dataset_row
 from vrl.models.scoring import response_logits, response_targets, token_stats
 from vrl.sampler.prompts import encode_prompts
@@ -71,9 +70,10 @@ class TemplateTargets:
     truth, so RL starts from a policy that writes it (a tiny random policy never writes it by itself). Use it as an
     ``sft`` stage's ``rejection`` (any object with ``build`` goes there, see :class:`vrl.lit.stages.Stage`).
 
-    The template is :meth:`str.format` with the row's fields as keywords. Fields named in ``json_fields`` that hold
-    JSON text (the rows' ``meta``) are parsed first, so nested values are reachable with format's indexing:
-    ``{meta[target][0][color]}``. Literal braces are doubled: ``\\boxed{{{answer}}}``.
+    The template is :meth:`str.format` with the row's fields as keywords (:func:`vrl.data.row_template.fill`).
+    Fields named in ``json_fields`` that hold JSON text (the rows' ``meta``) are parsed first, so nested values are
+    reachable with format's indexing: ``{meta[target][0][color]}``. Literal braces are doubled:
+    ``\\boxed{{{answer}}}``.
 
     Args:
         template: the target text.
@@ -89,12 +89,7 @@ class TemplateTargets:
         batch_size: int | None = None,
         max_prompts: int | None = None,
     ) -> None:
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        except ValueError as e:
-            raise ValueError(f"rejection.template is not a format string ({e}): {template!r}") from None
-        if not fields:
-            raise ValueError(f"rejection.template names no row field: {template!r}")
+        check_template(template, "rejection.template")
         for knob, value in (("batch_size", batch_size), ("max_prompts", max_prompts)):
             if value is not None and value < 1:
                 raise ValueError(f"rejection.{knob} must be >= 1 or null, got {value}")
@@ -103,18 +98,7 @@ class TemplateTargets:
 
     def target(self, row: Mapping[str, Any]) -> str:
         """The filled template of one row; a field the row lacks is a ValueError naming it and the row."""
-        fields = {k: v for k, v in row.items() if k != "images"}
-        where = row.get("uid", "?")
-        for name in self.json_fields:
-            if isinstance(fields.get(name), str):
-                try:
-                    fields[name] = json.loads(fields[name])
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"rejection.json_fields: row {where}'s {name!r} is not JSON ({e})") from None
-        try:
-            return self.template.format(**fields)
-        except (KeyError, IndexError, TypeError, AttributeError) as e:
-            raise ValueError(f"rejection.template: row {where} has no {e!s} (template {self.template!r})") from None
+        return fill(self.template, row, self.json_fields, "rejection.template")
 
     def build(self, ctx: Any, data: Any, indices: Sequence[int]) -> tuple[list[tuple[int, str]], dict[str, float]]:
         """``(index, target)`` for each row of ``indices`` (the stage's shard, ``max_prompts`` applied)."""

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from vrl.data.row_template import check_template, fill
 from vrl.methods.multi_reward import Aggregation
 from vrl.rewards.accuracy import Accuracy
 from vrl.rewards.extract import AnswerExtractor, last_tag_content
@@ -150,6 +151,42 @@ class VisualSelfReward:
         if (stats := getattr(self.judge, "stats", None)) is not None:
             out |= stats.pop(prefix=f"judge/{self.name}/")
         return out
+
+
+class DescribedRows:
+    """Pass 2's inputs as a text-only dataset, for a warm start that teaches the policy to answer from a description.
+
+    A tiny random policy cannot read: given pass 2's text it writes the same thing whatever the description says, so
+    r_vis is constant and the self-reward gives GRPO nothing. An ``sft`` stage on these rows (targets from
+    :class:`vrl.lit.sft.TemplateTargets`, e.g. ``<think>{answer}</think>\\boxed{{{answer}}}``) teaches it. Row i is
+    row i of ``data`` without images, its prompt pass 2's user message (``template``, as
+    :meth:`VisualSelfReward.chat` writes it) filled with ``description`` (a template over the row's fields, e.g. the
+    true ``a {meta[target][0][color]} {meta[target][0][shape]}``) and the row's question. An SFT stage also appends
+    the run's ``sampler.prompt_suffix``; pass 2 itself does not (a small mismatch the warm start lives with).
+
+    Args:
+        data: map-style rows (``prompt``, ``answer``, ...).
+        description: the description written for each row (:func:`vrl.data.row_template.fill`).
+        template: pass 2's user message (``reward.visual.template``), with ``{description}`` and ``{question}``.
+        json_fields: row fields parsed from JSON text before ``description`` is filled.
+    """
+
+    def __init__(
+        self, data: Any, description: str, template: str = PASS2_TEMPLATE, json_fields: Sequence[str] = ("meta",)
+    ) -> None:
+        check_template(description, "description")
+        if "{description}" not in template or "{question}" not in template:
+            raise ValueError("DescribedRows: template must contain {description} and {question}")
+        self.data, self.description, self.template, self.json_fields = data, description, template, tuple(json_fields)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict:
+        row = dict(self.data[index])
+        described = fill(self.description, row, self.json_fields, "description")
+        prompt = self.template.format(description=described.strip(), question=question_of(row))
+        return {**row, "prompt": prompt, "images": []}
 
 
 def span_token_mask(tokenizer: Any, ids: Sequence[int], tag: str = "description") -> torch.Tensor:
