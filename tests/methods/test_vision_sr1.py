@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from vrl.judges import HTTPJudge, PolicyJudge
-from vrl.methods.vision_sr1 import DecoupledSpans, SeeThinkFormat, VisualSelfReward, span_token_mask
+from vrl.methods.vision_sr1 import (
+    PASS2_TEMPLATE,
+    DecoupledSpans,
+    DescribedRows,
+    SeeThinkFormat,
+    VisualSelfReward,
+    span_token_mask,
+)
 from vrl.models.tiny import build_tiny_tokenizer
 from vrl.types import Rollout
 
@@ -147,3 +154,28 @@ def test_v2_advantage_split_by_hand_on_two_groups(tokenizer):
     assert torch.allclose(summed, torch.tensor(a_vis) + torch.tensor(a_ans), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="advantage.visual"):
         DecoupledSpans(visual=["vis"])(total, rollout.group_ids, components=components, weights=weights)
+
+
+def test_described_rows_are_pass_2s_text_only_prompt_with_the_true_description():
+    meta = '{"target": [{"color": "blue", "shape": "star"}]}'
+    row = {
+        "prompt": "<image>\nWhat colour is the shape?",
+        "answer": "blue",
+        "images": ["img"],
+        "meta": meta,
+        "uid": "r",
+    }
+    rows = DescribedRows([row], "a {meta[target][0][color]} {meta[target][0][shape]}")
+    got = rows[0]
+    # pass 2's message for the description "a blue star" and the question without its image placeholder
+    assert got["prompt"] == (
+        "Text description of an image: a blue star\nQuestion: What colour is the shape?\nYou cannot see the image; "
+        "use only the description. Reason inside <think> </think>, then give the final answer in \\boxed{}."
+    )
+    assert got["images"] == [] and got["answer"] == "blue" and len(rows) == 1 and row["images"] == ["img"]
+    # the same text VisualSelfReward asks pass 2 with, for that description
+    assert VisualSelfReward(judge=None, template=PASS2_TEMPLATE).chat("a blue star", row)[0]["content"] == got["prompt"]
+    with pytest.raises(ValueError, match="row r has no 'size'"):
+        DescribedRows([row], "{meta[target][0][size]}")[0]
+    with pytest.raises(ValueError, match="must contain"):
+        DescribedRows([row], "{answer}", template="no slots")
