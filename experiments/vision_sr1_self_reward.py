@@ -2,8 +2,8 @@
 
 One Hydra sweep (`conf/sweep/vision_sr1_self_reward.yaml`: reward.visual.weight 1.0 (on, the released v1) and 0
 (off: pass 2 still runs and r_vis is logged, it enters no reward) x seeds 0..2), each job 100 warm-start SFT steps
-(`conf/curriculum/vision_sr1_warm_start.yaml`: the layout and pass 2's reading, from ground truth) then 60 RL steps (B=4, G=8) on
-the testbed's big_color task (`conf/experiment/vision_sr1_self_reward.yaml`). Jobs run one at a time with
+(`conf/curriculum/vision_sr1_warm_start.yaml`: the layout and pass 2's reading, from ground truth) then 60 RL steps
+(B=4, G=8) on the testbed's big_color task (`conf/experiment/vision_sr1_self_reward.yaml`). Jobs run one at a time with
 OMP_NUM_THREADS=1, tracked in one MLflow store under the work folder. Then the jobs are read back (`vrl.report`) and
 `<out>/vision_sr1_self_reward.{md,json,png}` written:
 
