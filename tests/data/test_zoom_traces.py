@@ -39,6 +39,17 @@ def test_the_box_follows_the_processors_smart_resize_and_stays_in_the_frame():
     assert ZoomTraces().frame_box(_row([100, 60, 112, 72], canvas=(224, 224))) == [96, 56, 116, 76]
 
 
+def test_a_window_is_the_grid_window_holding_the_detail_nearest_its_centre():
+    row = _row([200, 120, 212, 132])  # frame box [96, 56, 110, 70] (4 px margin), frame 224
+    # window 112, strides 56: x starts 0 and 56 hold [96, 110], centres 56 and 112 vs the box's 103 -> 56;
+    # y starts 0 and 56 hold [56, 70], centres 56 and 112 vs 63 -> 0
+    assert ZoomTraces(window=112).frame_box(row) == [56, 0, 168, 112]
+    # bottom-right corner [214, 214, 224, 224] (detail [436, 436, 448, 448] / 2, 4 px, clipped): start 112 = 224 - 112
+    assert ZoomTraces(window=112).frame_box(_row([436, 436, 448, 448])) == [112, 112, 224, 224]
+    # a window as large as the frame is the frame
+    assert ZoomTraces(window=300).frame_box(row) == [0, 0, 224, 224]
+
+
 def test_build_writes_one_item_per_row_and_bad_rows_are_named():
     data = build_zoom(3, seed=1)
     kept, stats = ZoomTraces().build(None, data, [0, 2])

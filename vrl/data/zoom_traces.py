@@ -41,6 +41,10 @@ class ZoomTraces:
             uses 4); the box is clipped to the frame.
         min_pixels, max_pixels, factor: the processor's smart-resize bounds (``model.min_pixels``,
             ``model.max_pixels``) and side multiple (patch size x merge size: 28 for Qwen2-VL / 2.5-VL).
+        window: null = the detail's own box (+ ``margin``); a side in frame px = the window of that side, on a grid of
+            half-window strides, that holds the detail (+ ``margin``) nearest its centre: a few distinct boxes that a
+            tiny model can learn to write (the checkerboard stays readable while the crop is not shrunk: with
+            ``zoom_pixels`` = ``max_pixels`` a window of half the frame side is shown 1:1).
         answer: the answer turn's template (``{answer}``: the row's answer).
         batch_size: items per SFT step; None = the run's prompts per step.
         max_prompts: only the first N rows of the stage's data; None = all of them.
@@ -54,6 +58,7 @@ class ZoomTraces:
         min_pixels: int = 3136,
         max_pixels: int = 50176,
         factor: int = 28,
+        window: int | None = None,
         answer: str = "<answer>{answer}</answer>",
         batch_size: int | None = None,
         max_prompts: int | None = None,
@@ -68,7 +73,9 @@ class ZoomTraces:
         for knob, value in (("batch_size", batch_size), ("max_prompts", max_prompts)):
             if value is not None and value < 1:
                 raise ValueError(f"rejection.{knob} must be >= 1 or null, got {value}")
-        self.call, self.tool, self.margin, self.answer = call, tool, margin, answer
+        if window is not None and window < 2:
+            raise ValueError(f"rejection.window must be >= 2 frame px or null, got {window}")
+        self.call, self.tool, self.margin, self.answer, self.window = call, tool, margin, answer, window
         self.min_pixels, self.max_pixels, self.factor = min_pixels, max_pixels, factor
         self.batch_size, self.max_prompts = batch_size, max_prompts
 
@@ -85,12 +92,16 @@ class ZoomTraces:
         fh, fw = smart_resize(h, w, self.factor, self.min_pixels, self.max_pixels)
         x1, y1, x2, y2 = meta["detail_box"]
         sx, sy, m = fw / w, fh / h, self.margin
-        return [
+        box = [
             max(0, math.floor(x1 * sx) - m),
             max(0, math.floor(y1 * sy) - m),
             min(fw, math.ceil(x2 * sx) + m),
             min(fh, math.ceil(y2 * sy) + m),
         ]
+        if self.window is None:
+            return box
+        (ax, bx), (ay, by) = (_window(box[0], box[2], self.window, fw), _window(box[1], box[3], self.window, fh))
+        return [ax, ay, bx, by]
 
     def trace(self, row: Mapping[str, Any]) -> str | list[str]:
         """The row's item: ``[call, answer]`` texts, or the answer text alone for ``call: none``."""
@@ -107,3 +118,17 @@ class ZoomTraces:
         """``(index, trace)`` for each row of ``indices`` (the stage's shard, ``max_prompts`` applied)."""
         kept = [(int(i), self.trace(dataset_row(data, i))) for i in indices]
         return kept, {"sft/scripted_traces": float(len(kept))}
+
+
+def _window(lo: int, hi: int, side: int, frame: int) -> tuple[int, int]:
+    """[start, start + side] on the grid of ``side // 2`` strides (the last one flush with the frame's end) that holds
+    [lo, hi], nearest its centre; the whole frame when ``side`` >= it; [lo, hi] grown to ``side`` if none holds it."""
+    if side >= frame:
+        return 0, frame
+    starts = sorted({*range(0, frame - side + 1, max(1, side // 2)), frame - side})
+    holding = [a for a in starts if a <= lo and hi <= a + side]
+    if not holding:
+        a = min(max(0, (lo + hi - side) // 2), frame - side)
+        return a, a + side
+    a = min(holding, key=lambda a: abs(2 * a + side - lo - hi))
+    return a, a + side
