@@ -1,7 +1,7 @@
 """Cost of Vision-SR1's second pass (the policy re-reading its own description, text only) relative to a GRPO step.
 
-Two arms on the same data, model and warm start as the self-reward experiment (`experiment=vision_sr1_self_reward
-+method=vision_sr1 +curriculum=vision_sr1_warm_start`: `--warm` SFT steps that teach the layout, so responses carry
+Two arms on the same data, model and warm start as the self-reward experiment (`experiment=vision_sr1_self_reward`,
+which includes the preset and the warm-start curriculum: `--warm` SFT steps that teach the layout, so responses carry
 descriptions and pass 2 really runs, then `--steps` RL steps): `pass2` keeps the visual term (pass 2 on every
 distinct description of the batch, greedy, up to `reward.visual.judge.max_new_tokens` tokens); `no_pass2` deletes it
 (`~reward.visual`: the same v1 reward minus r_vis, i.e. a GRPO step on the same responses). `reward.visual.weight=0`
@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BASE = ["experiment=vision_sr1_self_reward", "+method=vision_sr1", "+curriculum=vision_sr1_warm_start"]
+BASE = ["experiment=vision_sr1_self_reward"]  # includes method=vision_sr1 and curriculum=vision_sr1_warm_start
 ARMS = {"no_pass2": ["~reward.visual"], "pass2": []}
 
 

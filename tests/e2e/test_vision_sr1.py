@@ -41,12 +41,7 @@ def test_vision_sr1_trains_two_steps(compose, tiny_overrides, advantage):
 
 def test_warm_start_fits_both_passes_then_rl_runs_pass_2(compose, tiny_overrides):
     cfg = compose(
-        [
-            *tiny_overrides,
-            "experiment=vision_sr1_self_reward",
-            "+method=vision_sr1",
-            "+curriculum=vision_sr1_warm_start",
-        ]
+        [*tiny_overrides, "experiment=vision_sr1_self_reward"]  # with method=vision_sr1 and the warm start
         + ["trainer.max_steps=3", "hooks.curriculum.stages.warm.after_steps=2", "sampler.max_new_tokens=4"]
         + ["reward.visual.judge.max_new_tokens=4", "callbacks.image_use=null", "callbacks.curriculum_check=null"]
         + ["trainer.val_check_interval=1000"]  # no validation (its greedy rows would go through pass 2 too)
