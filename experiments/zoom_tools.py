@@ -119,7 +119,7 @@ def analyse(runs: dict, seeds: list[int], args: argparse.Namespace) -> dict:
     arms = [a for a in ARMS if have[a]]
     step = common_step([runs[f"{a}-s{s}"]["val/accuracy"] for a in arms for s in have[a]])
     val = {a: {s: value_at(runs[f"{a}-s{s}"]["val/accuracy"], step) for s in have[a]} for a in arms}
-    result = compare_arms(val, baseline="no_tools", min_seeds=3)
+    result = compare_arms(val, baseline="no_tools")  # verdicts need vrl.stats.MIN_SEEDS_FOR_CLAIMS pairs
     first_rl, end = args.sft_steps, args.sft_steps + args.rl_steps
     per_arm = {}
     for a in arms:
