@@ -177,17 +177,12 @@ def plot(by_arm: dict[str, list], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vrl.report import draw_arm
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key in zip(axes, (METRIC, "diag/shuffled/kl")):
         for arm, runs in by_arm.items():
-            curves = [dict(r.history.get(key, [])) for r in runs if r.history.get(key)]
-            if not curves:
-                continue
-            steps = sorted(set.intersection(*(set(c) for c in curves)))
-            mean = [sum(c[s] for c in curves) / len(curves) for s in steps]
-            ax.plot(steps, mean, label=f"{arm} ({len(curves)} seeds)")
-            ax.fill_between(steps, [min(c[s] for c in curves) for s in steps],
-                            [max(c[s] for c in curves) for s in steps], alpha=0.15)  # fmt: skip
+            draw_arm(ax, arm, runs, key)
         ax.set_title(key)
         ax.set_xlabel("optimizer step")
         ax.legend(fontsize=7)

@@ -131,18 +131,13 @@ def plot(by_arm: dict[str, list], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vrl.report import draw_arm
+
     keys = (METRIC, *ROLLOUT)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
     for ax, key in zip(axes, keys):
         for arm, runs in by_arm.items():
-            curves = [dict(r.history.get(key, [])) for r in runs if r.history.get(key)]
-            if not curves:
-                continue
-            steps = sorted(set.intersection(*(set(c) for c in curves)))
-            mean = [sum(c[s] for c in curves) / len(curves) for s in steps]
-            ax.plot(steps, mean, label=f"{arm} ({len(curves)} seeds)")
-            ax.fill_between(steps, [min(c[s] for c in curves) for s in steps],
-                            [max(c[s] for c in curves) for s in steps], alpha=0.15)  # fmt: skip
+            draw_arm(ax, arm, runs, key)
         ax.set_title(key)
         ax.set_xlabel("optimizer step (SFT, then RL)")
         ax.legend(fontsize=7)

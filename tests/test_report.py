@@ -23,3 +23,25 @@ def test_report_pairs_groups_by_seed_at_the_common_step(tmp_path):
     assert summary["comparisons"]["val/accuracy"]["paired"][0]["p_value"] == 2 / 256  # W = 0 with 8 pairs
     page = (tmp_path / "index.html").read_text()
     assert "Paired by seed: val/accuracy at step 50" in page and "Wilcoxon" in page
+
+
+def test_draw_arm_plots_the_mean_at_shared_steps_and_the_min_max_band():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vrl.report import draw_arm
+
+    a = Run("a", [], 0, {"m": [(0, 0.0), (50, 0.2), (100, 0.6)]})
+    b = Run("b", [], 1, {"m": [(0, 0.2), (50, 0.4)]})  # stopped early: only steps both logged are drawn
+    c = Run("c", [], 2, {})  # logged nothing: left out of the count
+    fig, ax = plt.subplots()
+    draw_arm(ax, "arm", [a, b, c], "m")
+    (line,) = ax.get_lines()
+    assert line.get_label() == "arm (2 seeds)" and list(line.get_xdata()) == [0, 50]
+    assert [round(y, 9) for y in line.get_ydata()] == [0.1, 0.3]  # (0 + .2) / 2, (.2 + .4) / 2
+    (band,) = ax.collections
+    ys = sorted({round(float(y), 9) for y in band.get_paths()[0].vertices[:, 1]})
+    assert ys == [0.0, 0.2, 0.4]  # min .0/.2 below, max .2/.4 above
+    plt.close(fig)

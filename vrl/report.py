@@ -268,6 +268,18 @@ def _draw(ax: Any, runs: list[Run], metric: str, groups: list[str], colours: dic
     ax.legend(fontsize=8)
 
 
+def draw_arm(ax: Any, label: str, runs: list[Run], metric: str) -> None:
+    """One arm's mean curve over its runs (at the steps every run logged) and its min..max band, unsmoothed: the
+    seed-comparison plots of the experiment scripts (``experiments/evidence.py``, ``vision_sr1_self_reward.py``)."""
+    curves = [dict(r.history[metric]) for r in runs if r.history.get(metric)]
+    if not curves:
+        return
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    ax.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], label=f"{label} ({len(curves)} seeds)")
+    lo, hi = [min(c[s] for c in curves) for s in steps], [max(c[s] for c in curves) for s in steps]
+    ax.fill_between(steps, lo, hi, alpha=0.15)
+
+
 def write_html(
     out: Path, title: str, groups: dict[str, Any], metrics: list[str], images: list[Path], compared: dict | None = None
 ) -> Path:
