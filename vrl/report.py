@@ -269,8 +269,7 @@ def _draw(ax: Any, runs: list[Run], metric: str, groups: list[str], colours: dic
 
 
 def draw_arm(ax: Any, label: str, runs: list[Run], metric: str) -> None:
-    """One arm's mean curve over its runs (at the steps every run logged) and its min..max band, unsmoothed: the
-    seed-comparison plots of the experiment scripts (``experiments/evidence.py``, ``vision_sr1_self_reward.py``)."""
+    """One arm's unsmoothed mean over its runs (steps all logged) and min..max band: the experiment scripts' plots."""
     curves = [dict(r.history[metric]) for r in runs if r.history.get(metric)]
     if not curves:
         return
