@@ -20,6 +20,10 @@ store), then reads the jobs back (their `.hydra/overrides.yaml` and MLflow histo
 
 PEARL's comparisons use evidence_vppo's GRPO arm as their baseline (same task, steps and seeds), so run `vppo` first
 (or together). Extra Hydra overrides after `--` go to every job (e.g. `-- data.train.tasks=[half]`).
+
+`--arms a,b` runs only those arms (one multirun per arm, the arm's overrides on the command line, into
+`<workdir>/<name>.<arm>`); the reader takes `<workdir>/<name>` and every `<workdir>/<name>.*` folder, so a sweep can
+be finished in parts, and a comparison whose arm was not run is listed as such instead of failing.
 """
 
 from __future__ import annotations
@@ -81,27 +85,35 @@ SMOKE = ["seed=0,1", "trainer.max_steps=4", "trainer.val_check_interval=2", "dat
          "callbacks.image_use.every_n_steps=2", "callbacks.image_use.num_rows=4"]  # fmt: skip
 
 
-def command(name: str, args: argparse.Namespace) -> list[str]:
-    """The `python -m vrl` multirun of one sweep, logging to the shared MLflow store under the work folder."""
+def command(name: str, args: argparse.Namespace, arm: str | None = None) -> list[str]:
+    """The `python -m vrl` multirun of one sweep (or of one of its arms), logging to the work folder's MLflow store."""
     work = Path(args.workdir).resolve()
-    return [sys.executable, "-m", "vrl", f"+sweep=evidence_{name}", f"hydra.sweep.dir={work / name}",
+    folder, picked = (name, []) if arm is None else (f"{name}.{arm}", [f"{k}={v}" for k, v in ARMS[name][arm].items()])
+    return [sys.executable, "-m", "vrl", f"+sweep=evidence_{name}", f"hydra.sweep.dir={work / folder}", *picked,
             f"logger.tracking_uri=sqlite:///{work / 'mlflow.db'}", f"logger.experiment_name=evidence_{name}",
             f"logger.artifact_location={work / 'mlartifacts'}", "save_policy=false", "ckpt_every=100000",
             "trainer.enable_progress_bar=false", *(SMOKE if args.smoke else []), *args.extra]  # fmt: skip
 
 
+def commands(name: str, args: argparse.Namespace) -> list[list[str]]:
+    """The whole sweep in one multirun, or one multirun per arm asked for with --arms."""
+    if args.arms is None:
+        return [command(name, args)]
+    return [command(name, args, arm) for arm in args.arms if arm in ARMS[name]]
+
+
 def run_sweep(name: str, args: argparse.Namespace) -> None:
-    cmd = command(name, args)
-    print(" ".join(cmd), flush=True)
-    if args.dry_run:
-        return
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    log = Path(args.workdir) / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"sweep {name} failed (log: {log})")
+    for cmd in commands(name, args):
+        print(" ".join(cmd), flush=True)
+        if args.dry_run:
+            continue
+        log = Path(cmd[4].split("=", 1)[1] + ".log")  # hydra.sweep.dir + .log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as out:
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"sweep {name} failed (log: {log})")
 
 
 # ----------------------------------------------------------------- reading the runs back
@@ -124,10 +136,10 @@ def arm_runs(runs: list, arms: dict[str, dict[str, str]]) -> dict[str, list]:
 def read_sweep(name: str, workdir: Path) -> dict[str, list]:
     from vrl.report import read_multirun
 
-    folder = workdir / name
-    if not folder.is_dir():
-        raise SystemExit(f"no runs of sweep {name} under {folder}: run it first")
-    return arm_runs(read_multirun(folder), ARMS[name])
+    folders = [f for f in [workdir / name, *sorted(workdir.glob(f"{name}.*"))] if f.is_dir()]
+    if not folders:
+        raise SystemExit(f"no runs of sweep {name} under {workdir / name}[.*]: run it first")
+    return arm_runs([run for folder in folders for run in read_multirun(folder)], ARMS[name])
 
 
 # ----------------------------------------------------------------- statistics
@@ -139,7 +151,8 @@ def analyse(by_arm: dict[str, list], pairs: list[tuple[str, str]], min_seeds: in
     step = common_step(histories)
     values = {a: {r.seed: value_at(r.history.get(METRIC, []), step) for r in runs} for a, runs in by_arm.items()}
     arms = {a: arm_stats(a, list(v.values())).as_dict() for a, v in values.items() if v}
-    compared = [paired(values[a], values[b], (a, b), min_seeds=min_seeds).as_dict() for a, b in pairs]
+    ran = [(a, b) for a, b in pairs if values.get(a) and values.get(b)]
+    compared = [paired(values[a], values[b], (a, b), min_seeds=min_seeds).as_dict() for a, b in ran]
     diag: dict[str, dict] = {}
     for key in DIAG:
         logged = [r.history[key] for runs in by_arm.values() for r in runs if r.history.get(key)]
@@ -151,15 +164,20 @@ def analyse(by_arm: dict[str, list], pairs: list[tuple[str, str]], min_seeds: in
             **{a: arm_stats(a, [value_at(r.history.get(key, []), at) for r in runs]).as_dict()
                for a, runs in by_arm.items() if runs},
         }  # fmt: skip
-    return {"metric": METRIC, "step": step, "values": values, "arms": arms, "paired": compared, "diag": diag}
+    not_run = [f"{b} - {a}" for a, b in pairs if (a, b) not in ran]
+    return {"metric": METRIC, "step": step, "values": values, "arms": arms, "paired": compared, "diag": diag,
+            "not_run": not_run}  # fmt: skip
 
 
-def markdown(name: str, result: dict, cmd: list[str], commit: str) -> str:
+def markdown(name: str, result: dict, cmds: list[list[str]], commit: str) -> str:
     from vrl.stats import markdown_tables
 
     tables = markdown_tables({**result, "arms": list(result["arms"].values()), "confidence": 0.95,
                               "min_seeds": 8}, f"{METRIC} @ step {result['step']}")  # fmt: skip
-    lines = [f"# evidence_{name}", "", f"Commit {commit}. Command: `python {' '.join(cmd[1:])}`", "", tables, ""]
+    lines = [f"# evidence_{name}", "", f"Commit {commit}. Commands:", "",
+             *[f"    python {' '.join(cmd[1:])}" for cmd in cmds], "", tables, ""]  # fmt: skip
+    if result.get("not_run"):
+        lines += [f"Not run (an arm has no runs): {', '.join(result['not_run'])}.", ""]
     if result["diag"]:
         keys = list(result["diag"])
         lines += ["Image use (callbacks.image_use; mean over seeds at each metric's common step):", "",
@@ -200,7 +218,7 @@ def collect(name: str, args: argparse.Namespace) -> dict:
     result = analyse(by_arm, PAIRS[name])
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"evidence_{name}.md").write_text(markdown(name, result, command(name, args), commit))
+    (out / f"evidence_{name}.md").write_text(markdown(name, result, commands(name, args), commit))
     (out / f"evidence_{name}.json").write_text(json.dumps(result, indent=1, default=str))
     plot(by_arm, out / f"evidence_{name}.png")
     for p in result["paired"]:
@@ -217,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collect-only", action="store_true", help="no runs: tables and plots from the workdir")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("--smoke", action="store_true", help="2 seeds x 4 steps, tiny data: the plumbing only")
+    parser.add_argument("--arms", type=lambda s: [a for a in s.split(",") if a], default=None,
+                        help="run only these arms, one multirun each, into <workdir>/<sweep>.<arm>")  # fmt: skip
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
@@ -225,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in ARMS]
     if unknown:
         raise SystemExit(f"unknown sweeps {unknown}; known: {list(ARMS)}")
+    known_arms = {a for n in names for a in ARMS[n]}
+    if args.arms is not None and not set(args.arms) <= known_arms:
+        raise SystemExit(f"unknown arms {sorted(set(args.arms) - known_arms)}; known: {sorted(known_arms)}")
     if not args.collect_only:
         for name in names:
             run_sweep(name, args)

@@ -83,5 +83,47 @@ def test_runner_statistics_on_hand_made_histories():
     # differences +-0.1, four of each: mean 0, and the interval covers 0
     assert abs(p["mean_diff"]) < 1e-12 and p["verdict"] == "no evidence"
     assert res["diag"]["diag/shuffled/kl"]["vppo"]["mean"] == pytest.approx(0.2)
-    text = runner.markdown("vppo", res, ["python", "-m", "vrl"], "abc1234")
+    text = runner.markdown("vppo", res, [["python", "-m", "vrl"]], "abc1234")
     assert "| vppo - grpo | 8 | +0.000 |" in text and "diag/shuffled/kl @ 250" in text
+
+
+def _job(folder: Path, num: int, overrides: list[str], seed: int, accuracy: float) -> None:
+    """A finished job as Hydra and logger=csv leave it: overrides, config, one metrics row at step 250."""
+    import yaml
+
+    (folder / str(num) / ".hydra").mkdir(parents=True)
+    (folder / str(num) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"seed={seed}"]))
+    (folder / str(num) / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    (folder / str(num) / "csv" / "version_0").mkdir(parents=True)
+    (folder / str(num) / "csv" / "version_0" / "metrics.csv").write_text(f"step,diag/accuracy\n250,{accuracy}\n")
+
+
+def test_runner_reads_a_sweep_run_in_parts_and_lists_comparisons_it_cannot_make(tmp_path):
+    runner = _runner()
+    # the sweep's own folder holds the 'pearl' arm, a part folder the main_active arm; vppo's folder the baseline
+    for seed in range(2):
+        _job(tmp_path / "vppo", seed, ["+method=[]"], seed, 0.5)
+        _job(tmp_path / "pearl", seed, ["+method=pearl", "hooks.pearl.probe_coef_scale=constant"], seed, 0.25)
+        _job(tmp_path / "pearl.pearl_main_active", seed,
+             ["+method=pearl", "hooks.pearl.probe_coef_scale=main_active"], seed, 0.75)  # fmt: skip
+    by_arm = runner.read_sweep("pearl", tmp_path)
+    assert {a: len(r) for a, r in by_arm.items()} == {
+        "pearl": 2, "pearl_main_active": 2, "vppo+pearl": 0, "vppo+pearl_main_active": 0}  # fmt: skip
+    by_arm = {"grpo": runner.read_sweep("vppo", tmp_path)["grpo"], **by_arm}
+    res = runner.analyse(by_arm, runner.PAIRS["pearl"])
+    diffs = {(p["a"], p["b"]): p["mean_diff"] for p in res["paired"]}
+    # 0.25 - 0.5, 0.75 - 0.5, 0.75 - 0.25 in both seeds
+    assert diffs == pytest.approx({("grpo", "pearl"): -0.25, ("grpo", "pearl_main_active"): 0.25,
+                                   ("pearl", "pearl_main_active"): 0.5})  # fmt: skip
+    assert res["not_run"] == ["vppo+pearl - grpo", "vppo+pearl_main_active - grpo"]
+
+
+def test_runner_runs_chosen_arms_one_multirun_each(tmp_path):
+    runner = _runner()
+    args = runner.argparse.Namespace(workdir=str(tmp_path), smoke=False, extra=[], arms=["staged_sparse"])
+    (cmd,) = runner.commands("rewardmap", args)
+    assert f"hydra.sweep.dir={tmp_path.resolve() / 'rewardmap.staged_sparse'}" in cmd
+    assert "curriculum=rewardmap" in cmd and "reward.rewardmap.detail_coef=0" in cmd
+    args.arms = None
+    (whole,) = runner.commands("rewardmap", args)
+    assert not any(c.startswith("curriculum=") for c in whole)
