@@ -9,7 +9,8 @@ import torch
 from vrl.methods.kl import KLPenalty
 from vrl.methods.loss_agg import LossAgg, positive
 from vrl.methods.policy_loss import PolicyLoss
-from vrl.models.scoring import response_logits, response_targets, token_stats
+from vrl.models.prefix import response_logits_shared
+from vrl.models.scoring import response_targets, token_stats
 from vrl.types import Rollout
 
 #: Rollout branches the loss can average separately (main + auxiliary); a fixed size keeps the per-branch
@@ -92,7 +93,7 @@ class Objective:
             number of micro-batches exactly; and the forward outputs (``logits``, ``logprobs``,
             ``entropy``) for hooks that add loss terms.
         """
-        logits = response_logits(model, micro, self.temperature, self.suppress_ids)
+        logits = response_logits_shared(model, micro, self.temperature, self.suppress_ids)
         if self.kernel_impl != "torch":
             return self._fused(logits, micro, normalizer)
         logprobs, entropy = token_stats(logits, response_targets(micro), with_entropy=self.entropy_coef != 0)
