@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vrl.models import prefix
-from vrl.models.scoring import response_logits, response_targets, token_stats
+from vrl.models.scoring import response_logits, response_targets, score_logprobs, token_stats
 from vrl.sampler.hf import HFSampler, suppressed_token_ids
 
 
@@ -78,7 +78,7 @@ def test_shared_prefix_runs_each_prompt_once(setup):
         lambda mod, args, kwargs: lengths.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
     )
     try:
-        prefix.score_shared(vlm.model, rollout, 1.0, 9, suppress_ids=suppress)
+        score_logprobs(vlm.model, rollout, 1.0, 9, suppress_ids=suppress)  # the loop's no-grad passes
     finally:
         handle.remove()
     width, length = rollout.prompt_width, rollout.response_mask.shape[1]

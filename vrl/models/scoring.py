@@ -58,7 +58,16 @@ def response_targets(rollout: Rollout) -> torch.Tensor:
 def score_logprobs(
     model, rollout: Rollout, temperature: float, micro_batch_size: int, impl: str = "torch", suppress_ids=None
 ) -> torch.Tensor:
-    """No-grad log-probs [N, L] of a rollout in micro-batches (old policy or reference)."""
+    """No-grad log-probs [N, L] of a rollout in micro-batches (old policy or reference).
+
+    Each run of equal prompts (a group's copies) is prefilled once where :func:`vrl.models.prefix.can_share`
+    (not on a sharded model); micro-batches then hold whole runs.
+    """
+    from vrl.models.prefix import score_shared
+
+    shared = score_shared(model, rollout, temperature, micro_batch_size, impl, suppress_ids)
+    if shared is not None:
+        return shared
     chunks = []
     for idx in torch.arange(rollout.num_sequences).split(micro_batch_size):
         micro = rollout.select(idx)
