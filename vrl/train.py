@@ -99,10 +99,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
             raise
         _stopped_by_signal(keeper, logger, cfg.output_dir, trainer.global_step)
     policy_dir = None
+    from vrl.lit.fsdp import full_state_dict
+
+    full = full_state_dict(module.policy) if cfg.save_policy else None  # FSDP: gathered by every rank to rank 0
     if cfg.save_policy and trainer.is_global_zero:
         from vrl.models.loading import save_vlm
 
-        policy_dir = save_vlm(module.vlm, Path(cfg.output_dir) / "policy", merge_lora=cfg.merge_lora)
+        out = Path(cfg.output_dir) / "policy"
+        policy_dir = save_vlm(module.vlm, out, merge_lora=cfg.merge_lora, state_dict=full)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return _report(trainer, module, cfg, console, logger, policy_dir, metrics)
 

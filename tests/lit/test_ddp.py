@@ -149,8 +149,9 @@ class CoinReward:
         return None
 
 
-def _job(index, port, compose, runs, dead, out):
-    """Process ``index`` of the launch: the single-process reference (index 0) or DDP rank ``index - 1``."""
+def _job(index, port, compose, runs, dead, out, parallel=("trainer.strategy=ddp",)):
+    """Process ``index`` of the launch: the single-process reference (index 0) or DDP rank ``index - 1``
+    (``parallel``: the ranks' strategy overrides; tests/lit/test_fsdp.py passes FSDP's)."""
     import vrl.build
     import vrl.lit.checkpoint
     import vrl.models.loading
@@ -200,7 +201,7 @@ def _job(index, port, compose, runs, dead, out):
     vrl.lit.checkpoint.AtomicCheckpointIO.save_checkpoint = recorded_save_ckpt
     from vrl.train import run
 
-    extra = ["trainer.accelerator=cpu", f"trainer.devices={world}"] + (["trainer.strategy=ddp"] if world > 1 else [])
+    extra = [*(parallel if world > 1 else ()), "trainer.accelerator=cpu", f"trainer.devices={world}"]
     metrics = {}
     for overrides in runs[min(index, 1)]:  # one or more runs in turn (a resume: the first stops, the next continues)
         metrics = run(compose([*overrides, *extra]))
@@ -216,16 +217,19 @@ def _job(index, port, compose, runs, dead, out):
         }
         for module in modules
     ]
-    out[index] = {"metrics": metrics, "uids": seen, "writes": writes, "judges": judges}
+    from vrl.models.sharding import is_sharded
+
+    sharded = [is_sharded(module.policy) for module in modules]  # FSDP: the policy's forwards were collectives
+    out[index] = {"metrics": metrics, "uids": seen, "writes": writes, "judges": judges, "sharded": sharded}
 
 
-def _launch(compose, reference, ddp, dead, timeout_s=240):
+def _launch(compose, reference, ddp, dead, timeout_s=240, parallel=("trainer.strategy=ddp",)):
     """The single-process runs ``reference`` and the 2-rank runs ``ddp`` at once, on 3 forked processes; what
     each process reported, by index (0: reference, 1 + r: DDP rank r)."""
     _preload(compose, reference[0])
     with mp.Manager() as manager:
         out = manager.dict()
-        args = (_free_port(), compose, (reference, ddp), dead, out)
+        args = (_free_port(), compose, (reference, ddp), dead, out, tuple(parallel))
         ctx = mp.start_processes(_job, args=args, nprocs=1 + WORLD, join=False, start_method="fork")
         deadline = time.monotonic() + timeout_s
         try:
@@ -302,15 +306,17 @@ def _base(tiny_overrides, run_dir, logger="csv"):
     ]
 
 
-def _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(), steps=2, resume_at=None, logger="csv"):
-    """Reference (1 process, 2B prompts) vs DDP (2 ranks, B each); with ``resume_at`` the DDP run stops after that
-    many steps and a new launch resumes it from its checkpoint."""
+def _compare(
+    compose, tmp_path, tiny_overrides, extra, dead_positions=(), steps=2, resume_at=None, logger="csv", parallel=None
+):
+    """Reference (1 process, 2B prompts) vs DDP (2 ranks, B each; ``parallel``: other strategy overrides); with
+    ``resume_at`` the DDP run stops after that many steps and a new launch resumes it from its checkpoint."""
     one, two = tmp_path / "one", tmp_path / "two"
     reference = [[*_base(tiny_overrides, one, logger), *extra, f"data_loader.batch_size={WORLD * B}"]]
     ddp = [*_base(tiny_overrides, two, logger), *extra, f"data_loader.batch_size={B}"]
     ddp = [ddp] if resume_at is None else [[*ddp, f"trainer.max_steps={resume_at}"], [*ddp, "ckpt_path=last"]]
     dead = _dead_uids(compose, reference[0], dead_positions) if dead_positions else []
-    out = _launch(compose, reference, ddp, dead)
+    out = _launch(compose, reference, ddp, dead, parallel=parallel or ("trainer.strategy=ddp",))
     assert sorted(out) == [0, 1, 2], "a process did not finish"
     ref, ranks = out[0], [out[1 + r] for r in range(WORLD)]
     # prompt sharding: disjoint, and together the prompts the single process drew

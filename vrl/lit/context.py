@@ -7,14 +7,15 @@ The loop (``vrl.lit.rl_module``) owns every piece of state here; hooks see a fro
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from typing import Any
 
 import torch
 
 from vrl.hooks import Sampling, StageSettings, StepContext, VisionLayout
-from vrl.lit.dist import gather_objects
+from vrl.lit.dist import agreed_count, gather_objects
 from vrl.lit.sft import build_sft_rollout
 from vrl.models.scoring import response_logits, score_logprobs
 from vrl.types import Rollout
@@ -44,8 +45,11 @@ def vision_layout(vlm: Any) -> VisionLayout | None:
 class Scorer:
     """The context's ``score`` and ``logits``: no-grad teacher-forced passes of the current policy."""
 
-    def __init__(self, policy: Any, objective: Any, micro_batch_size: int) -> None:
+    def __init__(
+        self, policy: Any, objective: Any, micro_batch_size: int, agree: Callable[[int], int] = lambda n: n
+    ) -> None:
         self.policy, self.objective, self.micro_batch_size = policy, objective, micro_batch_size
+        self.agree = agree  # micro-batches -> forwards every rank runs (sharded policy: the most any rank needs)
 
     def score(
         self, rollout: Rollout, pixel_values: torch.Tensor | None = None, micro_batch_size: int | None = None
@@ -54,7 +58,8 @@ class Scorer:
             rollout = _with_pixels(rollout, pixel_values)
         obj = self.objective
         mb = micro_batch_size or self.micro_batch_size
-        return score_logprobs(self.policy, rollout, obj.temperature, mb, obj.kernel_impl, obj.suppress_ids)
+        forwards = self.agree(math.ceil(rollout.num_sequences / mb))
+        return score_logprobs(self.policy, rollout, obj.temperature, mb, obj.kernel_impl, obj.suppress_ids, forwards)
 
     @torch.no_grad()
     def logits(self, rollout: Rollout, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,7 +137,8 @@ def step_context(module: Any) -> StepContext:
     """The ``StepContext`` of an ``RLModule``'s current step (also without a Trainer: tests, notebooks)."""
     attached = module._trainer is not None
     world = max(1, module.trainer.world_size) if attached else 1
-    scorer = Scorer(module.policy, module.objective, module.micro_batch_size)
+    agree = functools.partial(agreed_count, module) if attached else (lambda n: n)
+    scorer = Scorer(module.policy, module.objective, module.micro_batch_size, agree)
     sampler = module.sampler
     return StepContext(
         step=module.global_step,

@@ -3,8 +3,10 @@
 Each rank draws its own prompts and builds its own rollout, so ranks can differ in what they hold (refills,
 gates, auxiliary branches). Every decision that changes the sequence of collective calls (DDP's gradient
 all-reduce runs inside each backward) must be the same on every rank, or the job hangs: whether the step is
-empty, how many mini- and micro-batches it has, whether an optimizer step is skipped. These helpers make them
-so. With one process they return their input and communicate nothing.
+empty, how many mini- and micro-batches it has, whether an optimizer step is skipped. Under FSDP every forward
+is a collective too (each unit all-gathers its weights), so ranks also agree on how many draws a step makes
+(refills), how many micro-batches each scoring pass runs, and ``generate`` decodes until every rank is done
+(``synced_gpus``). These helpers make them so. With one process they return their input and communicate nothing.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from vrl.errors import ConfigError
 
 
 def world_size(module: Any) -> int:
@@ -46,12 +46,21 @@ def zero_loss(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack([p.sum() for p in params]).sum() * 0.0
 
 
-def refuse_sharded_sampling(module: Any) -> None:
-    """FSDP on more than one device stops at start: every sharded forward is a collective, so ranks would have to
-    sample, refill and score in lock-step, which the loop does not do yet (DDP needs agreement only around
-    backward passes). One process or GPU runs unsharded."""
-    if world_size(module) > 1 and "FSDP" in type(module.trainer.strategy).__name__:
-        raise ConfigError(
-            "trainer=fsdp on more than one device is not supported yet: ranks would refill and score a different "
-            "number of times and hang; use trainer=ddp (with lora=r64 for large models) or one device"
-        )
+def lockstep(module: Any) -> bool:
+    """True when the policy is sharded (FSDP) over more than one rank: every forward is then a collective (each
+    unit all-gathers its weights), so ranks must run as many forwards, not only as many backwards."""
+    from vrl.models.sharding import is_sharded
+
+    return world_size(module) > 1 and is_sharded(module.policy)
+
+
+def agreed_count(module: Any, n: int) -> int:
+    """How many forwards of a kind (micro-batches of a scoring pass) every rank runs: ``n`` alone, the most any
+    rank needs when the policy is sharded (a rank with fewer runs dummy ones, :func:`vrl.models.scoring`)."""
+    return int(reduce_value(module, n, "max")) if lockstep(module) else n
+
+
+def any_rank(module: Any, flag: bool) -> bool:
+    """``flag`` on any rank when the policy is sharded (a refill every rank draws while any rank needs rows);
+    this rank's ``flag`` otherwise (under DDP ranks refill on their own)."""
+    return bool(reduce_value(module, float(flag), "max")) if lockstep(module) else flag

@@ -36,7 +36,8 @@ class StepGuard:
         opt, sched = module.optimizers(), module.lr_schedulers()
         params = [p for p in module.policy.parameters() if p.grad is not None]
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else 0.0
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: a DTensor
         if not (np.isfinite(loss_total) and np.isfinite(norm)):
             opt.zero_grad(set_to_none=True)
             self._bad(module, loss_total, norm)

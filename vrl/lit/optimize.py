@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vrl.hooks import StepContext
-from vrl.lit.dist import gather_objects, reduce_value, world_size, zero_loss
+from vrl.lit.dist import gather_objects, lockstep, reduce_value, world_size, zero_loss
 from vrl.lit.loss import MAX_BRANCHES
 from vrl.lit.preference import PreferenceBatch, preference_update
 from vrl.lit.sft import sft_backward
@@ -45,7 +45,7 @@ def ppo_update(module: Any, rollout: Rollout, ctx: StepContext) -> tuple[dict[st
         for i, micro_batches in enumerate(plan):
             mini = rollout.select(minis[i] if i < len(minis) else torch.zeros(0, dtype=torch.long))
             normalizer = _normalizer(module, rollout, mini)
-            loss_total = _accumulate(module, mini, normalizer, totals, ctx, micro_batches)
+            loss_total = _accumulate(module, rollout, mini, normalizer, totals, ctx, micro_batches)
             loss_total = reduce_value(module, loss_total, "mean")  # the global loss; NaN on a rank: on all
             if (grad_norm := module.guard.step(module, loss_total)) is not None:
                 losses.append(loss_total)
@@ -77,12 +77,12 @@ def _normalizer(module: Any, rollout: Rollout, mini: Rollout) -> torch.Tensor:
 
 
 def _accumulate(
-    module: Any, mini: Rollout, normalizer: torch.Tensor, totals: dict[str, float], ctx, micro_batches: int
+    module: Any, rollout: Rollout, mini: Rollout, normalizer: torch.Tensor, totals: dict[str, float], ctx, micro: int
 ) -> float:
     loss_total = 0.0
     chunks = torch.arange(mini.num_sequences).split(module.micro_batch_size) if mini.num_sequences else ()
-    for _ in range(micro_batches - len(chunks)):  # micro-batches only other ranks have (DDP)
-        module.manual_backward(zero_loss(module.policy))
+    for _ in range(micro - len(chunks)):  # micro-batches only other ranks have (DDP, FSDP)
+        module.manual_backward(_idle_loss(module, rollout, ctx))
     for idx in chunks:
         micro = mini.select(idx)
         norm = normalizer[idx.to(normalizer.device)] if normalizer.dim() else normalizer
@@ -96,6 +96,20 @@ def _accumulate(
         for k, v in stats.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     return loss_total
+
+
+def _idle_loss(module: Any, rollout: Rollout, ctx: StepContext) -> torch.Tensor:
+    """A loss with zero gradient for a micro-batch only other ranks have. Under DDP: 0 x the parameters (only
+    backward is collective). With a sharded policy the forward is collective too (and only a forward through the
+    sharded modules joins their gradient reduce-scatter): this rank's first sequence through the same objective
+    and extra losses as a real micro-batch, times 0."""
+    if not lockstep(module):
+        return zero_loss(module.policy)
+    micro = rollout.select(torch.arange(1))
+    norm = torch.ones((1,) if micro.branch is not None else (), device=module.device)
+    loss, _, out = module.objective(module.policy, micro, norm)
+    extra, _ = module.hooks.extra_loss(micro, out, norm, ctx)
+    return (loss if extra is None else loss + extra) * 0.0
 
 
 def sft_update(module: Any, pairs: Rollout) -> dict[str, float]:
@@ -117,4 +131,9 @@ def sft_update(module: Any, pairs: Rollout) -> dict[str, float]:
 
 def replaced_update(module: Any, batch: Rollout | PreferenceBatch) -> dict[str, float]:
     """The optimizer step of a step a hook replaced (H11): DPO for a preference batch, SFT for teacher-forced pairs."""
+    if lockstep(module):  # their padding backwards are DDP's (0 x parameters), which a sharded policy cannot use
+        raise NotImplementedError(
+            "an SFT or DPO stage with trainer=fsdp on more than one device: its steps do not run sharded forwards "
+            "in lock-step yet; use trainer=ddp (with lora) or one device for such a curriculum"
+        )
     return preference_update(module, batch) if isinstance(batch, PreferenceBatch) else sft_update(module, batch)

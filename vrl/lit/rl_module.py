@@ -16,6 +16,7 @@ mini-batch and PPO epoch).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -29,7 +30,8 @@ from vrl.hooks import HookSet, StepContext
 from vrl.lit.attach import attach_models
 from vrl.lit.checkpoint import loop_state, restore_loop_state
 from vrl.lit.context import RunSettings, step_context
-from vrl.lit.dist import gather_objects, reduce_value, refuse_sharded_sampling, world_size
+from vrl.lit.dist import agreed_count, any_rank, gather_objects, lockstep, reduce_value, world_size
+from vrl.lit.fsdp import shard_modules
 from vrl.lit.guard import StepGuard
 from vrl.lit.loss import Objective
 from vrl.lit.metrics import global_metrics, log_step, perf_metrics, rollout_columns, update_metrics
@@ -121,7 +123,6 @@ class RLModule(L.LightningModule):
 
     # ----------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        refuse_sharded_sampling(self)  # FSDP over several devices: not yet (vrl/lit/dist.py)
         if self.settings is None:
             self.prompts = PromptSource(
                 self.train_data,
@@ -138,6 +139,9 @@ class RLModule(L.LightningModule):
         if self.judges is None:  # judges' models (in rewards, hooks, advantage) join the module; policy judges bind
             roots = {"reward": self.reward, "hooks": self.hooks, "advantage": self.advantage}
             self.judges = attach_models(roots, self.vlm)
+
+    def configure_model(self) -> None:
+        shard_modules(self)  # trainer=fsdp: FSDP2 units of the policy and the reference (vrl/lit/fsdp.py)
 
     def on_fit_start(self) -> None:
         self.policy.train()
@@ -224,11 +228,14 @@ class RLModule(L.LightningModule):
         kept: list[Rollout] = []
         groups, tries, drawn = 0, 0, 0
         context = RewardContext(ctx.step, self._trainer.max_steps if self._trainer is not None else None)
-        while groups < self.batch_size and tries < self.hooks.max_tries:
+        # sharded policy: every rank draws while any rank needs groups (each draw's forwards are collectives)
+        while any_rank(self, groups < self.batch_size) and tries < self.hooks.max_tries:
             batch = self.prompts.next_batch()
             drawn, tries = drawn + len(batch), tries + 1
             samples = self.hooks.on_prompts(batch, ctx)  # H5/H6
             if not samples:  # a pre-rollout gate dropped every prompt of this draw
+                if lockstep(self):  # the generate other ranks run (its collectives); the output is dropped
+                    self.sampler.generate(self.vlm, batch[:1], greedy=True)
                 continue
             rollout = self.sampler.generate(self.vlm, samples)
             scored = self.reward(rollout.responses, rollout.samples, context=context)
@@ -251,13 +258,12 @@ class RLModule(L.LightningModule):
     def score_passes(self, rollout: Rollout, ctx: StepContext) -> None:
         """Old-policy and reference log-probs, then the hooks' extra teacher-forced passes (H7)."""
         temp, mb, impl = self.objective.temperature, self.micro_batch_size, self.objective.kernel_impl
-        sup = self.objective.suppress_ids
-        needed = (
-            self.ppo_epochs * len(minibatches(rollout.num_sequences, self.mini_batch_size)) > 1
-            or self.hooks.needs_old_logprobs
-        )
+        sup, forwards = self.objective.suppress_ids, agreed_count(self, math.ceil(rollout.num_sequences / mb))
+        passes = self.ppo_epochs * len(minibatches(rollout.num_sequences, self.mini_batch_size))
+        # sharded: a rank with one mini-batch scores too when another has two (its forwards are collectives)
+        needed = any_rank(self, passes > 1) or self.hooks.needs_old_logprobs
         if needed and rollout.old_logprobs is None:  # (a sampler with ``logprobs`` returned them already)
-            rollout.old_logprobs = score_logprobs(self.policy, rollout, temp, mb, impl, sup)
+            rollout.old_logprobs = score_logprobs(self.policy, rollout, temp, mb, impl, sup, forwards)
         # else: strictly on-policy; the loss uses the current log-probs detached (ratio exactly 1), unless a
         # hook's pass below scored the clean rollout anyway and hands them over.
         if self.objective.kl is not None and self.objective.kl.coef > 0:
@@ -267,7 +273,7 @@ class RLModule(L.LightningModule):
                 else (self.policy, self.policy.disable_adapter())
             )
             with ctx_mgr:
-                rollout.ref_logprobs = score_logprobs(ref, rollout, temp, mb, impl, sup)
+                rollout.ref_logprobs = score_logprobs(ref, rollout, temp, mb, impl, sup, forwards)
         for result in self.hooks.extra_pass(rollout, ctx):
             rollout.extras.update(result.extras)
             if result.old_logprobs is not None and rollout.old_logprobs is None:

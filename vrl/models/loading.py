@@ -150,7 +150,7 @@ def load_vlm(
     return VLM(model.eval(), processor, family, patch_size, merge_size, is_lora=lora_settings is not None)
 
 
-def save_vlm(vlm: VLM, out_dir: str | Path, merge_lora: bool = True) -> Path:
+def save_vlm(vlm: VLM, out_dir: str | Path, merge_lora: bool = True, state_dict: dict | None = None) -> Path:
     """Write ``vlm`` so that transformers (or PEFT) loads it back, processor included.
 
     Args:
@@ -164,13 +164,21 @@ def save_vlm(vlm: VLM, out_dir: str | Path, merge_lora: bool = True) -> Path:
             absolute path); a tiny base, which exists only in memory, is saved under ``out_dir/base`` and named
             there. The in-memory model is left untouched either way, so training can go on. Ignored for
             non-LoRA models.
+        state_dict: the full weights to write instead of the model's own (a sharded policy's, gathered by
+            ``vrl.lit.fsdp.full_state_dict``); not for LoRA models yet.
 
     Returns:
         ``out_dir`` as a ``Path``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if vlm.is_lora and merge_lora:
+    if state_dict is not None:
+        if vlm.is_lora:
+            raise NotImplementedError("save_policy of a sharded LoRA policy (trainer=fsdp): use last.ckpt for now")
+        from vrl.models.sharding import unsharded_model
+
+        unsharded_model(vlm.model, state_dict).save_pretrained(out)
+    elif vlm.is_lora and merge_lora:
         base = vlm.model.get_base_model()
         base.save_pretrained(out, state_dict=merged_lora_state_dict(vlm.model))
     else:

@@ -56,21 +56,31 @@ def response_targets(rollout: Rollout) -> torch.Tensor:
 
 @torch.no_grad()
 def score_logprobs(
-    model, rollout: Rollout, temperature: float, micro_batch_size: int, impl: str = "torch", suppress_ids=None
+    model,
+    rollout: Rollout,
+    temperature: float,
+    micro_batch_size: int,
+    impl: str = "torch",
+    suppress_ids=None,
+    forwards: int | None = None,
 ) -> torch.Tensor:
     """No-grad log-probs [N, L] of a rollout in micro-batches (old policy or reference).
 
-    Each run of equal prompts (a group's copies) is prefilled once where :func:`vrl.models.prefix.can_share`
-    (not on a sharded model); micro-batches then hold whole runs.
+    ``forwards``: run this many forwards in all (at least one per micro-batch); the ones past this rollout's
+    micro-batches score its first sequence again and are discarded. A sharded model's forwards are collectives,
+    so every rank runs the count the rank with the most micro-batches needs (``vrl.lit.dist.agreed_count``).
     """
     from vrl.models.prefix import score_shared
 
     shared = score_shared(model, rollout, temperature, micro_batch_size, impl, suppress_ids)
-    if shared is not None:
+    if shared is not None:  # never on a sharded model (vrl.models.prefix.can_share), so no forwards to count
         return shared
     chunks = []
-    for idx in torch.arange(rollout.num_sequences).split(micro_batch_size):
+    parts = list(torch.arange(rollout.num_sequences).split(micro_batch_size))
+    for idx in parts:
         micro = rollout.select(idx)
         logits = response_logits(model, micro, temperature, suppress_ids)
         chunks.append(token_stats(logits, response_targets(micro), impl=impl)[0])
+    for _ in range((forwards or 0) - len(parts)):  # only other ranks have these: the same collectives, no output
+        response_logits(model, rollout.select(torch.arange(min(1, rollout.num_sequences))), temperature, suppress_ids)
     return torch.cat(chunks) * rollout.response_mask

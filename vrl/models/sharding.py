@@ -54,3 +54,97 @@ class NoSplitPolicy:
         per module to ask whether to wrap it."""
         names = self.resolve(module)  # the model's names are read from the root, the first module asked about
         return True if recurse else type(module).__name__ in names
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True when FSDP (``fully_shard``, or FSDP1's wrapper) manages ``model`` or a submodule: its forwards are
+    then collectives (each unit all-gathers its parameters), which every rank must run as often."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules())
+
+
+def synced_gpus(model: torch.nn.Module) -> bool:
+    """``generate(..., synced_gpus=...)`` for ``model``: True for a sharded model on more than one rank, so that a
+    rank whose sequences all ended keeps running (dummy) forwards until every rank's have (Hugging Face detects
+    only models it sharded itself)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and is_sharded(model)
+
+
+def fully_shard_units(
+    model: torch.nn.Module,
+    mesh,
+    names: Iterable[str] | None = None,
+    mp_policy=None,
+    checkpointing: bool = False,
+    reshard_after_forward: bool = True,
+) -> int:
+    """FSDP2: shard each unit of ``model`` (its ``_no_split_modules``: decoder layers, vision blocks) on ``mesh``,
+    then the vision tower (its patch embedding and merger), then the root (the rest: embeddings, norm, LM head).
+    A no-op on a model already sharded.
+
+    Args:
+        model: the policy, the frozen reference or a judge's model.
+        mesh: the data-parallel ``DeviceMesh`` (every rank holds 1/W of each parameter).
+        names: unit class names; None = the model's ``_no_split_modules``.
+        mp_policy: ``torch.distributed.fsdp.MixedPrecisionPolicy`` or None (parameters in their own dtype).
+        checkpointing: recompute the decoder layers in backward (activation checkpointing; not the vision blocks).
+        reshard_after_forward: free each unit's gathered parameters after its forward (ZeRO-3); False keeps
+            them until backward (ZeRO-2: more memory, one all-gather less).
+
+    Returns:
+        the number of units sharded (0 when ``model`` already was).
+    """
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    if is_sharded(model):
+        return 0
+    policy = NoSplitPolicy(names)
+    policy(model, recurse=True)
+    if checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+            apply_activation_checkpointing,
+            checkpoint_wrapper,
+        )
+
+        apply_activation_checkpointing(model, checkpoint_wrapper, auto_wrap_policy=NoSplitPolicy(names, vision=False))
+    wanted = policy.resolve(model)
+    inner = lambda m: getattr(m, "_checkpoint_wrapped_module", m)  # noqa: E731
+    # a checkpointed layer is sharded as its wrapper (torch's pattern: the recompute then sees gathered weights)
+    units = [m for m in model.modules() if type(inner(m)).__name__ in wanted and not _wrapped(model, m)]
+    kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
+    if mp_policy is not None:
+        kwargs["mp_policy"] = mp_policy
+    # the vision tower is a unit too: transformers' generate encodes the images before its first forward (it calls
+    # get_image_features, hence the tower, on its own), so the tower gathers its own weights (patch embedding,
+    # merger); its blocks are units inside it
+    from vrl.models.loading import vision_module_names
+
+    units += [model.get_submodule(name) for name in vision_module_names(model)]
+    for unit in units:
+        fully_shard(unit, **kwargs)
+    fully_shard(model, **kwargs)
+    if hasattr(model, "generate"):  # generate is a forward of the root: its weights gathered around the whole call
+        register_fsdp_forward_method(model, "generate")
+    return len(units)
+
+
+def _wrapped(root: torch.nn.Module, module: torch.nn.Module) -> bool:
+    """True for a module that a ``CheckpointWrapper`` of ``root`` holds (its wrapper is the unit)."""
+    return any(getattr(m, "_checkpoint_wrapped_module", None) is module for m in root.modules())
+
+
+def unsharded_model(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A plain (unsharded) Hugging Face model of ``model``'s class and config holding the full weights ``state``
+    (what ``vrl.lit.fsdp.full_state_dict`` gathered), for ``save_pretrained``: a sharded model's own class is
+    FSDP's subclass, which transformers' key conversions and tied-weight handling do not recognise. Built on the
+    meta device and given ``state``'s tensors, so it costs no memory beyond ``state``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        plain = cls._from_config(model.config)
+    plain.load_state_dict(state, assign=True, strict=True)
+    plain.tie_weights()
+    return plain.eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from vrl.models.sharding import synced_gpus
 from vrl.sampler.prompts import encode_prompts, model_image_sizes
 from vrl.types import Rollout, slice_vision
 
@@ -82,6 +83,7 @@ class HFSampler:
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
             suppress_tokens=suppressed_token_ids(tok),
+            synced_gpus=synced_gpus(model),  # sharded (FSDP): decode until every rank's sequences have ended
         )
         if greedy and self.val_temperature == 0:
             gen_kwargs.update(do_sample=False)

@@ -1,0 +1,108 @@
+"""FSDP2 on CPU (gloo, 2 forked ranks, ``trainer=fsdp``) equals one process over the same global batch.
+
+Under FSDP every forward of the sharded policy (and reference) is a collective: each unit all-gathers its weights.
+The loop runs them in lock-step (``vrl.lit.dist.lockstep``): ``generate`` decodes until every rank is done
+(``synced_gpus``), every rank draws again while any rank needs groups (dynamic sampling), and each scoring pass and
+each mini-batch runs as many micro-batches on every rank (a rank short of data runs dummy ones, times 0). A rank
+that skipped one of them would wait forever in the all-gather: these runs finish, and their weights and logged
+metrics equal a 1-process run's.
+
+The harness is tests/lit/test_ddp.py's (per-prompt seeded sampling, a deterministic reward, ``vrl.train.run``
+under ``torchrun``-style env vars), with FSDP's overrides for the ranks. VPPO's perturbation is the full mask:
+patch blackening draws its mask from each sequence's index, which differs between a rank and the single process.
+The cases run in one fresh pytest process with one thread per process, as test_ddp.py's (see its docstring).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.lit.test_ddp import WORLD, _compare
+
+#: the tests that fork ranks: run together in one fresh interpreter (see the module docstring)
+FORKING = (
+    "test_fsdp_vppo_with_unequal_refills_and_a_sharded_reference_equals_one_process",
+    "test_fsdp_vppo_ranks_holding_different_micro_batch_counts_equal_one_process",
+)
+INSIDE_CHILD = os.environ.get("VRL_FSDP_CHILD") == "1"
+#: the ranks' strategy: FSDP2 on CPU in fp32 (bf16 and the GPU accelerator are the preset's GPU settings)
+FSDP = ("trainer=fsdp", "trainer.precision=32-true", "trainer.strategy.param_dtype=null")
+#: VPPO with a perturbation that does not depend on a sequence's index (see the module docstring)
+VPPO = ["+method=vppo", "perturb@hooks.vppo.perturbation=full_mask", "hooks.vppo.beta_min=1.0"]
+
+
+@pytest.fixture(scope="module")
+def fsdp_child(request, tmp_path_factory):
+    """Outcome and failure text of each forking test, run once in a fresh ``python -m pytest`` (None inside it)."""
+    if INSIDE_CHILD:
+        return None
+    report = tmp_path_factory.mktemp("fsdp_child") / "junit.xml"
+    nodes = [f"{Path(__file__).resolve()}::{name}" for name in FORKING]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *nodes]
+    env = {**os.environ, "VRL_FSDP_CHILD": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, env=env, cwd=request.config.rootpath, capture_output=True, text=True, timeout=900)
+    if not report.exists():
+        pytest.fail(
+            f"the FSDP child pytest wrote no report (rc {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}"
+        )
+    outcomes = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        failed = case.find("failure") if case.find("failure") is not None else case.find("error")
+        outcomes[case.get("name")] = None if failed is None else (failed.text or failed.get("message") or "failed")
+    return outcomes
+
+
+def _in_child(fsdp_child, name: str) -> bool:
+    """True when this test ran in the child (its outcome is asserted here); False: run the body (in the child)."""
+    if fsdp_child is None:
+        return False
+    assert name in fsdp_child, f"{name} did not run in the FSDP child process"
+    assert fsdp_child[name] is None, fsdp_child[name][-4000:]
+    return True
+
+
+def _sharded(ref, ranks):
+    assert ref["sharded"] == [False]  # the single process trains an ordinary module ...
+    assert all(rank["sharded"] == [True] for rank in ranks)  # ... each rank a sharded one (FSDP2 units)
+
+
+@pytest.mark.slow
+def test_fsdp_vppo_with_unequal_refills_and_a_sharded_reference_equals_one_process(
+    compose, tmp_path, tiny_overrides, fsdp_child
+):
+    if _in_child(fsdp_child, "test_fsdp_vppo_with_unequal_refills_and_a_sharded_reference_equals_one_process"):
+        return
+    # Position 0 is dead (reward 0: VPPO's dynamic sampling drops its group). The single process draws 0-3, keeps
+    # 3 groups, refills with 4-7 and keeps 1-4. Rank 0 draws 0 and 2 and needs a refill; rank 1 (1 and 3) has its
+    # two groups, but draws 5 and 7 with it (the draw's forwards are collectives) and keeps 1 and 3: together
+    # 1-4, and both ranks stay at the single process's stream position for step 1 (8-11). A KL reference is
+    # sharded like the policy and scored on both ranks; VPPO's paired pass scores [rollout; perturbed].
+    extra = [*VPPO, "kl=k3", "kl.coef=0.5"]
+    parallel = (*FSDP, "trainer.strategy.activation_checkpointing=false")
+    ref, ranks = _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(0,), parallel=parallel)
+    assert len(ref["uids"]) == 12  # step 0: two draws of 4, step 1: one
+    assert [len(rank["uids"]) for rank in ranks] == [6, 6]  # each rank: the same draws, half the prompts
+    _sharded(ref, ranks)
+
+
+@pytest.mark.slow
+def test_fsdp_vppo_ranks_holding_different_micro_batch_counts_equal_one_process(
+    compose, tmp_path, tiny_overrides, fsdp_child
+):
+    if _in_child(fsdp_child, "test_fsdp_vppo_ranks_holding_different_micro_batch_counts_equal_one_process"):
+        return
+    # No refills; position 1 (rank 1's first prompt) is dead, so at step 0 rank 0 holds 8 sequences and rank 1
+    # holds 4. Micro-batches of 2: VPPO's paired pass (chunks of 4 over 16 and 8 rows) runs 4 forwards on rank 0
+    # and 2 + 2 dummy ones on rank 1; the update runs 4 micro-batches on rank 0 and 2 + 2 dummy forward-backwards
+    # (times 0) on rank 1. The decoder layers are recomputed in backward (activation checkpointing).
+    extra = [*VPPO, "hooks.dynamic_sampling.max_tries=1", "update.micro_batch_size=2"]
+    parallel = (*FSDP, "trainer.strategy.activation_checkpointing=true")
+    ref, ranks = _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(1,), parallel=parallel)
+    assert len(ref["uids"]) == 2 * WORLD * 2  # two steps of 4 prompts, no refill
+    _sharded(ref, ranks)
