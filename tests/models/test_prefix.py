@@ -53,6 +53,16 @@ def test_runs_follow_prompts_and_images(setup):
     second = int(rollout.image_grid_thw[1].prod())
     pixels[first : first + second] += 1.0  # sequence 1's image
     assert prefix.prompt_runs(replace(rollout, pixel_values=pixels)) == [(0, 1), (1, 2), (2, 3), (3, 6), (6, 9)]
+    # rows with different image layouts take the per-row comparison: the last group's grid (1, h, w) -> (1, 2h, w/2)
+    grid = rollout.image_grid_thw.clone()
+    t, h, w = grid[6].tolist()
+    assert w % 2 == 0
+    grid[6:] = torch.tensor([t, 2 * h, w // 2])
+    mixed = replace(rollout, image_grid_thw=grid)
+    assert prefix.prompt_runs(mixed) == [(0, 3), (3, 6), (6, 9)]
+    pixels = rollout.pixel_values.clone()
+    pixels[7 * first : 8 * first] += 1.0  # sequence 7's image (every image has `first` patches)
+    assert prefix.prompt_runs(replace(mixed, pixel_values=pixels)) == [(0, 3), (3, 6), (6, 7), (7, 8), (8, 9)]
     # runs are packed whole: 3 + 3 rows fit a micro-batch of 7, the third run starts the next
     assert prefix.micro_batches([(0, 3), (3, 6), (6, 9)], 7) == [[(0, 3), (3, 6)], [(6, 9)]]
     assert prefix.micro_batches([(0, 5), (5, 6)], 2) == [[(0, 5)], [(5, 6)]]  # a run longer than the chunk

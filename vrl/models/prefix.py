@@ -37,17 +37,25 @@ def prompt_runs(rollout: Rollout) -> list[tuple[int, int]]:
     Rows are compared with the row before them (a group's copies are adjacent); equal prompts far apart are
     separate runs, which is correct, only not shared.
     """
-    width = rollout.prompt_width
+    n, width = rollout.num_sequences, rollout.prompt_width
     ids, mask = rollout.input_ids[:, :width], rollout.attention_mask[:, :width]
+    same = ((ids[1:] == ids[:-1]) & (mask[1:] == mask[:-1])).all(-1) & _same_images_as_previous(rollout)
+    cuts = [0, *(torch.nonzero(~same).squeeze(-1) + 1).tolist(), n]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def _same_images_as_previous(rollout: Rollout) -> torch.Tensor:
+    """[N - 1] bool: row i + 1 carries the same images as row i (grids and pixels)."""
+    n = rollout.num_sequences
+    if rollout.pixel_values is None:
+        return torch.ones(n - 1, dtype=torch.bool, device=rollout.input_ids.device)
+    grid, counts = rollout.image_grid_thw, rollout.images_per_seq
+    if bool((counts == counts[0]).all()) and bool((grid == grid[0]).all()):  # one layout for every row: one compare
+        rows = rollout.pixel_values.reshape(n, -1)
+        return (rows[1:] == rows[:-1]).all(-1).to(rollout.input_ids.device)
     images = _row_images(rollout)
-    runs, start = [], 0
-    for row in range(1, rollout.num_sequences):
-        same = torch.equal(ids[row], ids[row - 1]) and torch.equal(mask[row], mask[row - 1])
-        if not (same and _equal_images(images[row], images[row - 1])):
-            runs.append((start, row))
-            start = row
-    runs.append((start, rollout.num_sequences))
-    return runs
+    same = [_equal_images(images[i + 1], images[i]) for i in range(n - 1)]
+    return torch.tensor(same, dtype=torch.bool, device=rollout.input_ids.device)
 
 
 def _row_images(rollout: Rollout) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -154,7 +162,8 @@ def score_shared(
         return None
     chunks = []
     for chunk in micro_batches(runs, micro_batch_size):
-        micro = rollout.select(torch.arange(chunk[0][0], chunk[-1][1]))
+        whole = chunk[0][0] == 0 and chunk[-1][1] == rollout.num_sequences
+        micro = rollout if whole else rollout.select(torch.arange(chunk[0][0], chunk[-1][1]))
         local = [(start - chunk[0][0], end - chunk[0][0]) for start, end in chunk]
         logits = shared_prefix_logits(model, micro, local, temperature, suppress_ids)
         chunks.append(token_stats(logits, response_targets(micro), impl=impl)[0])
