@@ -149,3 +149,25 @@ def test_training_loss_gradients_equal_the_full_pass(setup):
     assert shared.keys() == full.keys() and any("visual" in n for n in shared) and any("embed" in n for n in shared)
     for name, g in shared.items():  # the G copies' prompt gradients summed through the cache rows, in another order
         torch.testing.assert_close(g, full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_paired_pass_layout_shares_the_clean_copies_only(setup):
+    """VPPO's paired pass scores [rollout; per-response perturbed rollout]: 3 runs of 3, then 9 singletons."""
+    from vrl.types import cat_rollouts
+
+    vlm, plain, rollout, suppress = setup
+    noise = torch.randn(rollout.pixel_values.shape, generator=torch.Generator().manual_seed(1))
+    both = cat_rollouts([rollout, replace(rollout, pixel_values=rollout.pixel_values + noise)],
+                        vlm.processor.tokenizer.pad_token_id)  # fmt: skip
+    assert prefix.prompt_runs(both) == [(0, 3), (3, 6), (6, 9), *((i, i + 1) for i in range(9, 18))]
+    lengths: list[int] = []
+    handle = vlm.model.model.language_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True
+    )
+    try:
+        got = score_logprobs(vlm.model, both, 1.0, 9, suppress_ids=suppress)
+    finally:
+        handle.remove()
+    # micro-batch 1: the 3 clean runs (prefill 3 rows, then 9 rows of responses); 2: the 9 singletons, one full pass
+    assert lengths == [3, 9, 9]
+    torch.testing.assert_close(got, _full(plain.model, both, suppress), rtol=1e-5, atol=1e-5)

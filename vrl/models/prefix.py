@@ -155,8 +155,9 @@ def score_shared(
     suppress_ids=None,
 ) -> torch.Tensor | None:
     """``vrl.models.scoring.score_logprobs`` with each run of equal prompts prefilled once, or None when that does
-    not apply (:func:`can_share` false, or no prompt repeats); micro-batches then hold whole runs."""
-    from vrl.models.scoring import response_targets, token_stats
+    not apply (:func:`can_share` false, or no prompt repeats); micro-batches then hold whole runs, and one with
+    no repeat in it (VPPO's paired pass: the clean copies, then per-response perturbed ones) takes the full pass."""
+    from vrl.models.scoring import response_logits, response_targets, token_stats
 
     if not can_share(model, rollout) or len(runs := prompt_runs(rollout)) == rollout.num_sequences:
         return None
@@ -165,7 +166,10 @@ def score_shared(
         whole = chunk[0][0] == 0 and chunk[-1][1] == rollout.num_sequences
         micro = rollout if whole else rollout.select(torch.arange(chunk[0][0], chunk[-1][1]))
         local = [(start - chunk[0][0], end - chunk[0][0]) for start, end in chunk]
-        logits = shared_prefix_logits(model, micro, local, temperature, suppress_ids)
+        if len(local) == micro.num_sequences:  # nothing repeats here (e.g. per-response perturbed images)
+            logits = response_logits(model, micro, temperature, suppress_ids)  # one forward instead of two
+        else:
+            logits = shared_prefix_logits(model, micro, local, temperature, suppress_ids)
         chunks.append(token_stats(logits, response_targets(micro), impl=impl)[0])
     return torch.cat(chunks) * rollout.response_mask
 
