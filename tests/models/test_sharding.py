@@ -98,3 +98,40 @@ def test_a_one_gpu_fsdp_run_trains_and_saves_a_loadable_policy(compose, tiny_ove
     assert metrics["train/grad_norm"] > 0
     weights = load_file(tmp_path / "policy" / "model.safetensors")
     assert weights and all(torch.isfinite(w.float()).all() for w in weights.values())
+
+
+def test_fsdp2_shards_the_units_and_gathers_back_the_plain_model(tokenizer, tmp_path):
+    # One gloo rank (fully_shard needs a process group; two ranks: tests/lit/test_fsdp.py). The units are the
+    # 2 decoder layers, the vision blocks and the vision tower; the sharded model computes what the plain one does,
+    # and the weights gathered back make a plain model that saves the keys transformers saves.
+    import copy
+
+    import torch.distributed as dist
+    from safetensors.torch import load_file
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from vrl.lit.fsdp import full_state_dict
+    from vrl.models.sharding import fully_shard_units, is_sharded, synced_gpus, unsharded_model
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        model = build_tiny_vlm("qwen2_5_vl", tokenizer).eval()
+        plain = copy.deepcopy(model)
+        units = model.config.text_config.num_hidden_layers + model.config.vision_config.depth + 1
+        assert fully_shard_units(model, init_device_mesh("cpu", (1,))) == units
+        assert fully_shard_units(model, None) == 0  # already sharded: nothing to do
+        assert is_sharded(model) and not is_sharded(plain)
+        assert not synced_gpus(model)  # one rank: nobody to wait for
+        ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=0, atol=0)
+        back = unsharded_model(model, full_state_dict(model))
+        assert type(back) is type(plain) and not is_sharded(back)
+        back.save_pretrained(tmp_path / "back")
+        plain.save_pretrained(tmp_path / "plain")
+        a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+    finally:
+        dist.destroy_process_group()
