@@ -32,3 +32,12 @@ def test_one_record_per_step_reaches_the_logger_callbacks_and_progress_bar(compo
     # ... and the progress bar shows reward and loss, which the logger does not get
     assert set(trainer.progress_bar_metrics) >= {"reward", "loss"} and "reward" not in rows[0]
     assert float(trainer.progress_bar_metrics["reward"]) == float(train[-1]["rollout/reward_mean"])
+
+
+def test_stage_builder_counts_add_up_over_ranks():
+    from vrl.lit.metrics import merge_scalars
+
+    # rank 0 built 3 pairs from its shard, rank 1 built 5: the run built 8 (not their mean, 4); a rate stays a mean
+    merged = merge_scalars([{"dpo/pairs_built": 3.0, "sft/kept": 2.0, "sft/judge_mean": 0.5},
+                            {"dpo/pairs_built": 5.0, "sft/kept": 1.0, "sft/judge_mean": 0.7}])  # fmt: skip
+    assert merged == {"dpo/pairs_built": 8.0, "sft/kept": 3.0, "sft/judge_mean": 0.6}

@@ -70,7 +70,11 @@ def rollout_metrics(rollout: Rollout | dict[str, Any], max_len: int | None = Non
 #: How per-rank scalars become the step's value under DDP (anything else: the mean over the ranks that logged
 #: it, e.g. a hook's ``ctx.log`` values): the slowest rank's time, the job's throughput.
 RANK_MAX = ("perf/step_time_s", "perf/rollout_time_s")
-RANK_SUM = ("perf/tokens_per_s",)
+RANK_SUM = (
+    "perf/tokens_per_s",
+    # what a stage's builder made on this rank (each rank builds from its own shard): the run's count is the sum
+    "dpo/pairs_built", "dpo/pairs_dropped", "dpo/questions", "sft/candidates", "sft/kept",
+)  # fmt: skip
 
 
 def merge_scalars(parts: list[dict[str, float]]) -> dict[str, float]:
