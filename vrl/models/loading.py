@@ -114,8 +114,9 @@ def load_vlm(
         tiny_single_tokens: tiny models only (ignored otherwise): words that must be single tokens.
         trust_remote_code: passed to ``from_pretrained`` for models whose code lives on the hub.
         share_repeated_work: encode each distinct image once and compute M-RoPE positions once per distinct
-            row, instead of once per sampled sequence (``vrl.models.dedupe``; Qwen2-VL and Qwen2.5-VL only).
-            Same outputs up to float rounding; off (``++model.share_repeated_work=false``) to rule it out.
+            row, instead of once per sampled sequence (``vrl.models.dedupe``; Qwen2-VL and Qwen2.5-VL only),
+            and run a group's repeated prompt once in teacher-forced passes (``vrl.models.prefix``). Same
+            outputs up to float rounding; off (``++model.share_repeated_work=false``) to rule both out.
 
     Returns:
         A ``VLM``; ``model`` is in eval mode (call ``train()`` before a training step).
