@@ -27,7 +27,7 @@ from tests.lit.test_ddp import WORLD, _compare
 
 #: the tests that fork ranks: run together in one fresh interpreter (see the module docstring)
 FORKING = (
-    "test_fsdp_vppo_with_unequal_refills_and_a_sharded_reference_equals_one_process",
+    "test_fsdp_vppo_with_unequal_refills_a_sharded_reference_and_a_resume_equals_one_process",
     "test_fsdp_vppo_ranks_holding_different_micro_batch_counts_equal_one_process",
 )
 INSIDE_CHILD = os.environ.get("VRL_FSDP_CHILD") == "1"
@@ -69,25 +69,29 @@ def _in_child(fsdp_child, name: str) -> bool:
 
 def _sharded(ref, ranks):
     assert ref["sharded"] == [False]  # the single process trains an ordinary module ...
-    assert all(rank["sharded"] == [True] for rank in ranks)  # ... each rank a sharded one (FSDP2 units)
+    assert all(rank["sharded"] and all(rank["sharded"]) for rank in ranks)  # ... each rank, in each run, a sharded one
 
 
 @pytest.mark.slow
-def test_fsdp_vppo_with_unequal_refills_and_a_sharded_reference_equals_one_process(
+def test_fsdp_vppo_with_unequal_refills_a_sharded_reference_and_a_resume_equals_one_process(
     compose, tmp_path, tiny_overrides, fsdp_child
 ):
-    if _in_child(fsdp_child, "test_fsdp_vppo_with_unequal_refills_and_a_sharded_reference_equals_one_process"):
+    if _in_child(fsdp_child, "test_fsdp_vppo_with_unequal_refills_a_sharded_reference_and_a_resume_equals_one_process"):
         return
     # Position 0 is dead (reward 0: VPPO's dynamic sampling drops its group). The single process draws 0-3, keeps
     # 3 groups, refills with 4-7 and keeps 1-4. Rank 0 draws 0 and 2 and needs a refill; rank 1 (1 and 3) has its
     # two groups, but draws 5 and 7 with it (the draw's forwards are collectives) and keeps 1 and 3: together
     # 1-4, and both ranks stay at the single process's stream position for step 1 (8-11). A KL reference is
-    # sharded like the policy and scored on both ranks; VPPO's paired pass scores [rollout; perturbed].
-    extra = [*VPPO, "kl=k3", "kl.coef=0.5"]
+    # sharded like the policy and scored on both ranks; VPPO's paired pass scores [rollout; perturbed]. The FSDP
+    # run stops after step 0 and a new run resumes from last.ckpt (full weights and SGD's momentum, which
+    # Lightning's loader needs: it fails on an optimizer without state; validation each step, as the DDP resume
+    # test, keeps the resumed run's logged step numbers those of one run).
+    extra = [*VPPO, "kl=k3", "kl.coef=0.5", "optimizer.momentum=0.9", "trainer.val_check_interval=1"]
     parallel = (*FSDP, "trainer.strategy.activation_checkpointing=false")
-    ref, ranks = _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(0,), parallel=parallel)
+    ref, ranks = _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(0,), parallel=parallel, resume_at=1)
     assert len(ref["uids"]) == 12  # step 0: two draws of 4, step 1: one
     assert [len(rank["uids"]) for rank in ranks] == [6, 6]  # each rank: the same draws, half the prompts
+    assert len(ranks[0]["sharded"]) == 2  # the first run and the resumed one
     _sharded(ref, ranks)
 
 
@@ -106,3 +110,22 @@ def test_fsdp_vppo_ranks_holding_different_micro_batch_counts_equal_one_process(
     ref, ranks = _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(1,), parallel=parallel)
     assert len(ref["uids"]) == 2 * WORLD * 2  # two steps of 4 prompts, no refill
     _sharded(ref, ranks)
+
+
+# ----------------------------------------------------------------- what is refused, without processes
+def test_what_is_not_lock_step_yet_is_refused_at_start():
+    from types import SimpleNamespace
+
+    from vrl.errors import ConfigError
+    from vrl.hooks import HookSet
+    from vrl.judges.policy import PolicyJudge
+    from vrl.lit.fsdp import refuse_unsynced
+    from vrl.sampler.hf import HFSampler
+    from vrl.sampler.multi_turn import MultiTurnSampler
+
+    module = SimpleNamespace(sampler=HFSampler(), reward={}, hooks=HookSet(), advantage=None)
+    refuse_unsynced(module)  # the plain sampler and no judge: nothing to refuse
+    with pytest.raises(ConfigError, match="multi-turn sampler is not lock-step"):
+        refuse_unsynced(SimpleNamespace(**{**vars(module), "sampler": MultiTurnSampler()}))
+    with pytest.raises(ConfigError, match=r"reward\.judge judges with the policy"):
+        refuse_unsynced(SimpleNamespace(**{**vars(module), "reward": {"judge": PolicyJudge()}}))

@@ -75,6 +75,8 @@ def shard_modules(module: Any) -> list[str]:
     strategy = module.trainer.strategy if module._trainer is not None else None
     if not isinstance(strategy, FSDP2Strategy):
         return []
+    if strategy.world_size > 1:
+        refuse_unsynced(module)
     mesh = strategy.device_mesh["data_parallel"]
     models = {"policy": module.policy}
     if module.reference is not None:
@@ -86,6 +88,25 @@ def shard_modules(module: Any) -> list[str]:
         if fully_shard_units(model, mesh, strategy.unit_names, checkpointing=ckpt, **settings):
             done.append(name)
     return done
+
+
+def refuse_unsynced(module: Any) -> None:
+    """Stop at start, with the reason, where the policy would run a rank-dependent number of forwards that the loop
+    does not pad yet (README 'FSDP'): the multi-turn sampler (as many generate calls as turns, which differ by
+    rank) and a judge that uses the policy (as many generate calls as its rank has items to judge)."""
+    from vrl.errors import ConfigError
+    from vrl.lit.attach import find_models
+    from vrl.sampler.multi_turn import MultiTurnSampler
+
+    if isinstance(module.sampler, MultiTurnSampler):
+        raise ConfigError("trainer=fsdp on more than one device: the multi-turn sampler is not lock-step yet")
+    roots = {"reward": module.reward, "hooks": module.hooks, "advantage": module.advantage}
+    bound = [path for path, obj in find_models(roots) if callable(getattr(obj, "bind_policy", None))]
+    if bound:
+        raise ConfigError(
+            f"trainer=fsdp on more than one device: {bound[0]} judges with the policy, whose generate calls are not "
+            "lock-step yet; use a judge with a model of its own"
+        )
 
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
