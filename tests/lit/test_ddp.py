@@ -43,6 +43,9 @@ FORKING = (
     "test_ddp_dpo_stage_equals_one_process",
 )
 INSIDE_CHILD = os.environ.get("VRL_DDP_CHILD") == "1"
+#: set by a test before forking (the ranks inherit it): responses of these uids stop after ``tokens`` tokens, so a
+#: rank's generate ends before another's (tests/lit/test_fsdp.py: a sharded generate must go on until all are done)
+SHORT = {"uids": (), "tokens": 2}
 #: set by a test before forking (the ranks inherit it): give the hook set a local judge with a model of
 #: its own, which setup registers under ``RLModule.judges`` (it judges nothing: only where it lives is checked)
 WITH_JUDGE = {"on": False}
@@ -110,11 +113,14 @@ def _per_prompt_seeded(generate, pad_id, seen):
     def call(vlm, samples, group_size=None, greedy=False):
         if not samples:
             return generate(vlm, samples, group_size=group_size, greedy=greedy)
-        parts = []
+        parts, sampler = [], generate.__self__
         for s in samples:
+            cap = sampler.max_new_tokens
+            sampler.max_new_tokens = SHORT["tokens"] if str(s.get("uid")) in SHORT["uids"] else cap
             with torch.random.fork_rng():
                 torch.manual_seed(_seed_of(s.get("uid"), s["prompt"], group_size, greedy))
                 parts.append(generate(vlm, [s], group_size=group_size, greedy=greedy))
+            sampler.max_new_tokens = cap
             if group_size is None and not greedy:  # a main rollout (not a probe, not validation)
                 seen.append(str(s["uid"]))
         return cat_rollouts(parts, pad_id)

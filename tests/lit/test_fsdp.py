@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lit.test_ddp import WORLD, _compare
+from tests.lit.test_ddp import SHORT, WORLD, _compare, _dead_uids, _logged
 
 #: the tests that fork ranks: run together in one fresh interpreter (see the module docstring)
 FORKING = (
@@ -104,10 +104,18 @@ def test_fsdp_vppo_ranks_holding_different_micro_batch_counts_equal_one_process(
     # No refills; position 1 (rank 1's first prompt) is dead, so at step 0 rank 0 holds 8 sequences and rank 1
     # holds 4. Micro-batches of 2: VPPO's paired pass (chunks of 4 over 16 and 8 rows) runs 4 forwards on rank 0
     # and 2 + 2 dummy ones on rank 1; the update runs 4 micro-batches on rank 0 and 2 + 2 dummy forward-backwards
-    # (times 0) on rank 1. The decoder layers are recomputed in backward (activation checkpointing).
+    # (times 0) on rank 1. The decoder layers are recomputed in backward (activation checkpointing). Position 0's
+    # responses stop after 2 tokens: rank 0's first generate ends 2 steps before rank 1's and decodes on (without
+    # forwarding its rows) until rank 1's has ended, as synced_gpus does.
     extra = [*VPPO, "hooks.dynamic_sampling.max_tries=1", "update.micro_batch_size=2"]
     parallel = (*FSDP, "trainer.strategy.activation_checkpointing=true")
-    ref, ranks = _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(1,), parallel=parallel)
+    SHORT["uids"] = tuple(_dead_uids(compose, [*tiny_overrides, *extra], (0,)))
+    try:
+        ref, ranks = _compare(compose, tmp_path, tiny_overrides, extra, dead_positions=(1,), parallel=parallel)
+    finally:  # the child runs the forking tests in one process: later ones must not inherit it
+        SHORT["uids"] = ()
+    # step 0 keeps positions 0, 2 and 3, G = 4 each: position 0's responses 2 tokens long, the others 4
+    assert _logged(tmp_path / "one")[0]["rollout/response_len_mean"] == pytest.approx((4 * 2 + 8 * 4) / 12)
     assert len(ref["uids"]) == 2 * WORLD * 2  # two steps of 4 prompts, no refill
     _sharded(ref, ranks)
 
