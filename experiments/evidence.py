@@ -36,6 +36,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
 #: The compared metric: greedy accuracy on the first 96 validation rows, logged by callbacks.image_use at optimizer
 #: steps 0, 50, 100, ... Not Lightning's val/accuracy: validation runs every val_check_interval *batches* and logs at
 #: the batch count, and a method with dynamic sampling (VPPO, PEARL) has batches without an optimizer step, so its
@@ -88,11 +90,26 @@ SMOKE = ["seed=0,1", "trainer.max_steps=4", "trainer.val_check_interval=2", "dat
 def command(name: str, args: argparse.Namespace, arm: str | None = None) -> list[str]:
     """The `python -m vrl` multirun of one sweep (or of one of its arms), logging to the work folder's MLflow store."""
     work = Path(args.workdir).resolve()
-    folder, picked = (name, []) if arm is None else (f"{name}.{arm}", [f"{k}={v}" for k, v in ARMS[name][arm].items()])
-    return [sys.executable, "-m", "vrl", f"+sweep=evidence_{name}", f"hydra.sweep.dir={work / folder}", *picked,
+    folder, picked = (name, []) if arm is None else (f"{name}.{arm}", _picked(name, arm))
+    return [sys.executable, "-m", "vrl", "--multirun", f"+sweep=evidence_{name}", f"hydra.sweep.dir={work / folder}",
+            *picked,
             f"logger.tracking_uri=sqlite:///{work / 'mlflow.db'}", f"logger.experiment_name=evidence_{name}",
             f"logger.artifact_location={work / 'mlartifacts'}", "save_policy=false", "ckpt_every=100000",
             "trainer.enable_progress_bar=false", *(SMOKE if args.smoke else []), *args.extra]  # fmt: skip
+
+
+def _picked(name: str, arm: str) -> list[str]:
+    """An arm's overrides on the command line (they win over the sweep's values). Keys that exist only once the
+    sweep's method is composed (``reward.rewardmap.*``, a ``curriculum`` its preset adds) need that method on the
+    command line too, since Hydra composes the command line before the sweep's parameters."""
+    import yaml
+
+    want = dict(ARMS[name][arm])
+    sweep = yaml.safe_load((REPO / "conf" / "sweep" / f"evidence_{name}.yaml").read_text())
+    method = sweep["hydra"]["sweeper"]["params"].get("+method")
+    if method is not None and "+method" not in want and "," not in str(method):
+        want = {"+method": method, **want}
+    return [f"{k}={v}" for k, v in want.items()]
 
 
 def commands(name: str, args: argparse.Namespace) -> list[list[str]]:
@@ -108,7 +125,7 @@ def run_sweep(name: str, args: argparse.Namespace) -> None:
         print(" ".join(cmd), flush=True)
         if args.dry_run:
             continue
-        log = Path(cmd[4].split("=", 1)[1] + ".log")  # hydra.sweep.dir + .log
+        log = Path(cmd[5].split("=", 1)[1] + ".log")  # hydra.sweep.dir + .log
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as out:
             done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
