@@ -101,8 +101,9 @@ def test_local_judge_is_a_frozen_submodule_moved_with_the_module_and_left_out_of
     assert checkpoint["state_dict"] and not any(k.startswith("judges.") for k in checkpoint["state_dict"])
     module.to(torch.float64)  # a move of the module (dtype here; a device on GPU) reaches the judge's weights
     assert {p.dtype for p in judge_model.parameters()} == {torch.float64}
-    # FSDP (trainer=fsdp) wraps the root module with the model's own "keep whole" classes: the judge's decoder layers
-    # are units of their own, as the policy's are (the wrap decision itself; FSDP needs a GPU, see test_sharding)
+    # FSDP1's wrap policy over the whole module (Lightning's FSDPStrategy with NoSplitPolicy, set by hand) would make
+    # the judge's decoder layers units of their own, as the policy's. trainer=fsdp (FSDP2, vrl/lit/fsdp.py) shards the
+    # policy and the reference only: a judge's forwards are not lock-step across ranks, so its model stays whole.
     from vrl.models.sharding import NoSplitPolicy
 
     wrap = NoSplitPolicy()
