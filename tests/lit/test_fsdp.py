@@ -34,7 +34,7 @@ INSIDE_CHILD = os.environ.get("VRL_FSDP_CHILD") == "1"
 #: the ranks' strategy: FSDP2 on CPU in fp32 (bf16 and the GPU accelerator are the preset's GPU settings)
 FSDP = ("trainer=fsdp", "trainer.precision=32-true", "trainer.strategy.param_dtype=null")
 #: VPPO with a perturbation that does not depend on a sequence's index (see the module docstring)
-VPPO = ["+method=vppo", "perturb@hooks.vppo.perturbation=full_mask", "hooks.vppo.beta_min=1.0"]
+VPPO = ["+method=vppo", "perturb@hooks.vppo.perturbation=full_mask"]
 
 
 @pytest.fixture(scope="module")

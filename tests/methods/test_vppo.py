@@ -29,6 +29,43 @@ def test_alpha_hand_computed_mean_one_and_bounds():
     torch.testing.assert_close(alpha.mean(), torch.tensor(1.0))
 
 
+def _two_ranks(fn, parts):
+    """Run ``fn(part, gather)`` on two threads that gather like two DDP ranks (a scalar stacked over ranks)."""
+    import threading
+
+    slots, barrier, out = [None, None], threading.Barrier(2), [None, None]
+
+    def gather_for(rank):
+        def gather(t):
+            slots[rank] = t
+            barrier.wait()
+            stacked = torch.stack(list(slots))
+            barrier.wait()  # nobody overwrites a slot before both have read it
+            return stacked
+
+        return gather
+
+    def run(rank):
+        out[rank] = fn(parts[rank], gather_for(rank))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    [t.start() for t in threads], [t.join() for t in threads]
+    return out
+
+
+def test_step_scope_over_two_ranks_equals_one_process():
+    # one process: S = [0, 1, 2, 3] -> alpha = [0.9, 0.9667, 1.0333, 1.1] (test above). Two ranks holding [0, 1]
+    # and [2, 3] must give the same: min 0 and max 3 over both, and mu = mean of S_hat over both = 0.5 (rank 0's own
+    # mean would be 1/6, which made its factors 0.9 + (1/3) * 0.1 / (1/6) = 1.1 for S = 1)
+    s = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    valid = torch.ones(2, dtype=torch.bool)
+    ranks = _two_ranks(lambda part, g: scoped_alpha(part, valid, 0.9, "step", chunk=2, gather=g), [s[:2], s[2:]])
+    torch.testing.assert_close(torch.cat(ranks), scoped_alpha(s, torch.ones(4, dtype=torch.bool), 0.9, "step", 4))
+    # scope 'rank' keeps each rank's own min, max and mean (mean factor 1 per rank)
+    ranks = _two_ranks(lambda part, g: scoped_alpha(part, valid, 0.9, "rank", chunk=2, gather=g), [s[:2], s[2:]])
+    torch.testing.assert_close(torch.cat(ranks), torch.tensor([0.9, 1.1, 0.9, 1.1]))
+
+
 def test_alpha_degenerate_range_is_one():
     alpha = scoped_alpha(torch.full((4,), 0.7), torch.ones(4, dtype=torch.bool), 0.9, "step", chunk=4)
     assert alpha.tolist() == [1.0, 1.0, 1.0, 1.0]

@@ -38,13 +38,16 @@ def tas_alpha(
     beta_min: float,
     score_min: torch.Tensor | None = None,
     score_max: torch.Tensor | None = None,
+    gather=None,
 ) -> torch.Tensor:
     """Trajectory-level advantage shaping (TAS): alpha [N] from the mean dependency per response [N].
 
     S_hat = clip((S - S_min) / (S_max - S_min), 0, 1), mu = mean(S_hat), alpha = beta_min + S_hat (1 - beta_min)
     / (mu + 1e-8): responses that lean on the image more get a larger factor, the mean factor is 1. alpha = 1
     when S_max - S_min <= 1e-6 (no spread to rank by) and on rows without tokens (left out of min, max and
-    mean). ``score_min`` / ``score_max`` given: the scope's extrema (taken elsewhere, e.g. over ranks).
+    mean). ``score_min`` / ``score_max`` given: the scope's extrema (taken elsewhere, e.g. over ranks); ``gather``
+    given (callable stacking a scalar over ranks): mu is the mean over every rank's responses, so the mean factor is
+    1 over the step, as one process over the same batch computes it.
     ``vrl_kernels`` fuses this formula into its top-k kernel and checks itself against it.
     """
     s = seq_score.float()
@@ -55,7 +58,10 @@ def tas_alpha(
     ok = span > 1e-6
     s_hat = ((s - s_min) / torch.where(ok, span, torch.ones_like(span))).clamp(0.0, 1.0)
     s_hat = torch.where(has_tokens, s_hat, torch.zeros_like(s_hat))
-    mu = s_hat.sum() / has_tokens.sum().clamp_min(1)
+    total, count = s_hat.sum(), has_tokens.sum().to(s_hat)
+    if gather is not None:
+        total, count = gather(total).sum(), gather(count).sum()
+    mu = total / count.clamp_min(1)
     alpha = beta_min + s_hat * (1.0 - beta_min) / (mu + 1e-8)
     return torch.where(ok & has_tokens, alpha, torch.ones_like(alpha))
 
@@ -92,8 +98,9 @@ def scoped_alpha(
     local_max = torch.where(has_tokens, seq_score, -inf).amax()
     if scope in ("step", "rank"):
         lo, hi = local_min, local_max
-        if scope == "step" and gather is not None:
+        if scope == "step" and gather is not None:  # min, max and mean over every rank's responses
             lo, hi = gather(local_min).amin(), gather(local_max).amax()
+            return tas_alpha(seq_score, has_tokens, beta_min, lo, hi, gather)
         return tas_alpha(seq_score, has_tokens, beta_min, lo, hi)
     alpha = torch.ones_like(seq_score, dtype=torch.float32)
     if scope == "released":  # [mini-batch [micro-batch ...] ...], both contiguous as the loop slices them

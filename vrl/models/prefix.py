@@ -206,4 +206,6 @@ def can_share(model: nn.Module, rollout: Rollout) -> bool:
         "is_gradient_checkpointing")  # fmt: skip
     if model.training and getattr(base, name, False):
         return False
-    return not any(type(m).__name__.startswith(("FSDP", "FullyShardedDataParallel")) for m in model.modules())
+    from vrl.models.sharding import is_sharded
+
+    return not is_sharded(model)
