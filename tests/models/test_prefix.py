@@ -72,6 +72,10 @@ def test_runs_follow_prompts_and_images(setup):
 def test_shared_prefix_log_probs_equal_the_full_pass(setup, micro_batch_size):
     vlm, plain, rollout, suppress = setup
     assert prefix.can_share(vlm.model, rollout) and not prefix.can_share(plain.model, rollout)
+    # a multi-turn rollout's tool observations put image tokens after the prompt: those take the full pass
+    types = rollout.mm_token_type_ids.clone()
+    types[0, rollout.prompt_width + 1] = 1
+    assert not prefix.can_share(vlm.model, replace(rollout, mm_token_type_ids=types))
     lengths = rollout.response_mask.sum(-1)
     assert rollout.response_mask.shape[1] > 1 and lengths.min() < lengths.max()  # the cache path and right padding
     expected = _full(plain.model, rollout, suppress, temperature=0.7)  # the plain model takes no shortcut

@@ -192,12 +192,15 @@ def response_logits_shared(
 def can_share(model: nn.Module, rollout: Rollout) -> bool:
     """Whether :func:`shared_prefix_logits` applies.
 
-    Needs a supported model (:func:`shared_inner`), image rows with M-RoPE inputs, and a key/value cache: not
+    Needs a supported model (:func:`shared_inner`), image rows with M-RoPE inputs and every image in the prompt
+    (a multi-turn rollout's observations put images in the response region), and a key/value cache: not
     under activation checkpointing in training mode (transformers turns the cache off there), and not on an
     FSDP-sharded model, whose forwards are collectives that every rank must run equally often (two per
     micro-batch here, one on the plain path).
     """
     if rollout.pixel_values is None or rollout.mm_token_type_ids is None or rollout.num_sequences < 2:
+        return False
+    if bool(rollout.mm_token_type_ids[:, rollout.prompt_width :].any()):  # images after the prompt (tool observations)
         return False
     if shared_inner(model) is None:
         return False
