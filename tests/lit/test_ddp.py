@@ -51,22 +51,19 @@ SHORT = {"uids": (), "tokens": 2}
 WITH_JUDGE = {"on": False}
 
 
-@pytest.fixture(scope="module")
-def ddp_child(request, tmp_path_factory):
-    """Outcome and failure text of each forking test, run once in a fresh ``python -m pytest`` (None inside it)."""
-    if INSIDE_CHILD:
-        return None
-    report = tmp_path_factory.mktemp("ddp_child") / "junit.xml"
-    nodes = [f"{Path(__file__).resolve()}::{name}" for name in FORKING]
+def run_forking_child(request, tmp_path_factory, test_file: str, names, flag: str, timeout: int) -> dict:
+    """Outcome and failure text of each named test of ``test_file``, run once in a fresh ``python -m pytest`` with
+    ``flag=1`` in its environment (the tests see it and run their bodies there)."""
+    report = tmp_path_factory.mktemp(flag.lower()) / "junit.xml"
+    nodes = [f"{Path(test_file).resolve()}::{name}" for name in names]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *nodes]
     # one thread per process: 3 processes x 2 threads on CI's 2 cores ran ~10x slower (threads.intra_op=auto
     # follows OMP_NUM_THREADS; oversubscribed, the first CI run hit the 240 s launch timeout on every case)
-    env = {**os.environ, "VRL_DDP_CHILD": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, env=env, cwd=request.config.rootpath, capture_output=True, text=True, timeout=1200)
+    env = {**os.environ, flag: "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, env=env, cwd=request.config.rootpath, capture_output=True, text=True, timeout=timeout)
     if not report.exists():
-        pytest.fail(
-            f"the DDP child pytest wrote no report (rc {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}"
-        )
+        pytest.fail(f"the child pytest ({flag}) wrote no report (rc {out.returncode}):\n"
+                    f"{out.stdout[-3000:]}{out.stderr[-2000:]}")  # fmt: skip
     outcomes = {}
     for case in ET.parse(report).getroot().iter("testcase"):
         failed = case.find("failure") if case.find("failure") is not None else case.find("error")
@@ -74,13 +71,25 @@ def ddp_child(request, tmp_path_factory):
     return outcomes
 
 
-def _in_child(ddp_child, name: str) -> bool:
-    """True when this test ran in the child (its outcome is asserted here); False: run the body (in the child)."""
-    if ddp_child is None:
+def ran_in_child(outcomes: dict | None, name: str) -> bool:
+    """True when test ``name`` ran in the child (its outcome is asserted here); False: run the body (in the child)."""
+    if outcomes is None:
         return False
-    assert name in ddp_child, f"{name} did not run in the DDP child process"
-    assert ddp_child[name] is None, ddp_child[name][-4000:]
+    assert name in outcomes, f"{name} did not run in the child process"
+    assert outcomes[name] is None, outcomes[name][-4000:]
     return True
+
+
+@pytest.fixture(scope="module")
+def ddp_child(request, tmp_path_factory):
+    """The forking tests' outcomes, run once in a fresh pytest (None inside it)."""
+    return (
+        None if INSIDE_CHILD else run_forking_child(request, tmp_path_factory, __file__, FORKING, "VRL_DDP_CHILD", 1200)
+    )
+
+
+def _in_child(ddp_child, name: str) -> bool:
+    return ran_in_child(ddp_child, name)
 
 
 WORLD, B = 2, 2

@@ -16,14 +16,10 @@ The cases run in one fresh pytest process with one thread per process, as test_d
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-from tests.lit.test_ddp import SHORT, WORLD, _compare, _dead_uids, _logged
+from tests.lit.test_ddp import SHORT, WORLD, _compare, _dead_uids, _logged, ran_in_child, run_forking_child
 
 #: the tests that fork ranks: run together in one fresh interpreter (see the module docstring)
 FORKING = (
@@ -39,32 +35,14 @@ VPPO = ["+method=vppo", "perturb@hooks.vppo.perturbation=full_mask"]
 
 @pytest.fixture(scope="module")
 def fsdp_child(request, tmp_path_factory):
-    """Outcome and failure text of each forking test, run once in a fresh ``python -m pytest`` (None inside it)."""
-    if INSIDE_CHILD:
-        return None
-    report = tmp_path_factory.mktemp("fsdp_child") / "junit.xml"
-    nodes = [f"{Path(__file__).resolve()}::{name}" for name in FORKING]
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *nodes]
-    env = {**os.environ, "VRL_FSDP_CHILD": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, env=env, cwd=request.config.rootpath, capture_output=True, text=True, timeout=900)
-    if not report.exists():
-        pytest.fail(
-            f"the FSDP child pytest wrote no report (rc {out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}"
-        )
-    outcomes = {}
-    for case in ET.parse(report).getroot().iter("testcase"):
-        failed = case.find("failure") if case.find("failure") is not None else case.find("error")
-        outcomes[case.get("name")] = None if failed is None else (failed.text or failed.get("message") or "failed")
-    return outcomes
+    """The forking tests' outcomes, run once in a fresh pytest (None inside it)."""
+    return (
+        None if INSIDE_CHILD else run_forking_child(request, tmp_path_factory, __file__, FORKING, "VRL_FSDP_CHILD", 900)
+    )
 
 
 def _in_child(fsdp_child, name: str) -> bool:
-    """True when this test ran in the child (its outcome is asserted here); False: run the body (in the child)."""
-    if fsdp_child is None:
-        return False
-    assert name in fsdp_child, f"{name} did not run in the FSDP child process"
-    assert fsdp_child[name] is None, fsdp_child[name][-4000:]
-    return True
+    return ran_in_child(fsdp_child, name)
 
 
 def _sharded(ref, ranks):
