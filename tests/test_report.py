@@ -45,3 +45,28 @@ def test_draw_arm_plots_the_mean_at_shared_steps_and_the_min_max_band():
     ys = sorted({round(float(y), 9) for y in band.get_paths()[0].vertices[:, 1]})
     assert ys == [0.0, 0.2, 0.4]  # min .0/.2 below, max .2/.4 above
     plt.close(fig)
+
+
+def test_a_reused_sweep_folder_reads_each_jobs_newest_run(tmp_path):
+    """A sweep killed and started again into the same folder leaves two MLflow runs for job 0: the newest counts."""
+    import time
+
+    import mlflow
+    import yaml
+
+    from vrl.report import read_multirun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = tmp_path / "multirun" / "ev"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=0"]))
+    cfg = {"seed": 0, "logger": {"tracking_uri": uri, "experiment_name": "e"}}
+    (sweep / "0" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.create_experiment("e")
+    for value in (0.25, 0.75):  # the killed run first (it logged 0.25 at step 10), then the rerun
+        run = client.create_run(exp, tags={"sweep": str(sweep), "sweep_job": "0"})
+        client.log_metric(run.info.run_id, "diag/accuracy", value, step=10)
+        time.sleep(0.01)  # distinct start times
+    (run,) = read_multirun(sweep)
+    assert run.history["diag/accuracy"] == [(10, 0.75)]

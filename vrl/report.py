@@ -94,7 +94,7 @@ def read_multirun(sweep: Path, tracking_uri: str | None = None) -> list[Run]:
         experiments = [e for e in (client.get_experiment_by_name(n) for n in names) if e is not None]
         when = "/".join(sweep.resolve().parts[-2:])  # the sweep tag holds the sweep dir as configured
         found = client.search_runs([e.experiment_id for e in experiments], filter_string=f"tags.sweep LIKE '%{when}'")
-        for found_run in found:
+        for found_run in sorted(found, key=lambda r: r.info.start_time):  # a reused sweep dir: the newest run wins
             run = jobs.get(found_run.data.tags.get("sweep_job", ""))
             if run is not None:
                 _fill_from_mlflow(client, run, found_run)
