@@ -195,6 +195,8 @@ def markdown(name: str, result: dict, cmds: list[list[str]], commit: str) -> str
              *[f"    python {' '.join(cmd[1:])}" for cmd in cmds], "", tables, ""]  # fmt: skip
     if result.get("not_run"):
         lines += [f"Not run (an arm has no runs): {', '.join(result['not_run'])}.", ""]
+    if result.get("unfinished"):
+        lines += [f"Left out, still running when collected: {', '.join(result['unfinished'])}.", ""]
     if result["diag"]:
         keys = list(result["diag"])
         lines += ["Image use (callbacks.image_use; mean over seeds at each metric's common step):", "",
@@ -226,13 +228,24 @@ def plot(by_arm: dict[str, list], path: Path) -> None:
     plt.close(fig)
 
 
+def finished(by_arm: dict[str, list]) -> tuple[dict[str, list], list[str]]:
+    """Drop runs still in progress (their METRIC stops before the sweep's last logged step), which would otherwise
+    pull every arm's common step down to theirs; returns the kept runs and ``arm seed N`` labels of the dropped."""
+    last = {id(r): max((s for s, _ in r.history.get(METRIC, [])), default=-1) for rs in by_arm.values() for r in rs}
+    end = max(last.values(), default=-1)
+    kept = {a: [r for r in rs if last[id(r)] == end] for a, rs in by_arm.items()}
+    return kept, [f"{a} seed {r.seed}" for a, rs in by_arm.items() for r in rs if last[id(r)] != end]
+
+
 def collect(name: str, args: argparse.Namespace) -> dict:
     workdir, out = Path(args.workdir), Path(args.out)
     by_arm = read_sweep(name, workdir)
     if name in BORROWED:
         other, arm = BORROWED[name]
         by_arm = {arm: read_sweep(other, workdir)[arm], **by_arm}
+    by_arm, unfinished = finished(by_arm)
     result = analyse(by_arm, PAIRS[name])
+    result["unfinished"] = unfinished
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     out.mkdir(parents=True, exist_ok=True)
     (out / f"evidence_{name}.md").write_text(markdown(name, result, commands(name, args), commit))
