@@ -129,3 +129,12 @@ def test_runner_runs_chosen_arms_one_multirun_each(tmp_path):
     args.arms = None
     (whole,) = runner.commands("rewardmap", args)
     assert not any(c.startswith("curriculum=") for c in whole)
+
+
+def test_runner_leaves_out_runs_still_in_progress():
+    runner = _runner()
+    done = Run("0", ["+method=[]", "seed=0"], 0, {"diag/accuracy": [(0, 0.1), (250, 0.5)]})
+    running = Run("1", ["+method=vppo", "seed=0"], 0, {"diag/accuracy": [(0, 0.1), (50, 0.2)]})
+    kept, unfinished = runner.finished({"grpo": [done], "vppo": [running]})
+    # the common step stays 250 (the sweep's end), not 50: the running job is listed instead of compared
+    assert kept == {"grpo": [done], "vppo": []} and unfinished == ["vppo seed 0"]
