@@ -113,10 +113,9 @@ def load_vlm(
         tiny_extra_texts: tiny models only (ignored otherwise): extra tokenizer training text.
         tiny_single_tokens: tiny models only (ignored otherwise): words that must be single tokens.
         trust_remote_code: passed to ``from_pretrained`` for models whose code lives on the hub.
-        share_repeated_work: encode each distinct image once and compute M-RoPE positions once per distinct
-            row, instead of once per sampled sequence (``vrl.models.dedupe``; Qwen2-VL and Qwen2.5-VL only),
-            and run a group's repeated prompt once in teacher-forced passes (``vrl.models.prefix``). Same
-            outputs up to float rounding; off (``++model.share_repeated_work=false``) to rule both out.
+        share_repeated_work: one encoding per distinct image, M-RoPE positions per distinct row and one prompt
+            forward per group (``vrl.models.dedupe``, ``vrl.models.prefix``; Qwen-VL only), not per sampled
+            sequence; same outputs up to float rounding; ``++model.share_repeated_work=false`` rules it out.
 
     Returns:
         A ``VLM``; ``model`` is in eval mode (call ``train()`` before a training step).
@@ -165,8 +164,7 @@ def save_vlm(vlm: VLM, out_dir: str | Path, merge_lora: bool = True, state_dict:
             absolute path); a tiny base, which exists only in memory, is saved under ``out_dir/base`` and named
             there. The in-memory model is left untouched either way, so training can go on. Ignored for
             non-LoRA models.
-        state_dict: the full weights to write instead of the model's own (a sharded policy's, gathered by
-            ``vrl.lit.fsdp.full_state_dict``); not for LoRA models yet.
+        state_dict: full weights to write instead of the model's (a sharded policy's, ``vrl.lit.fsdp``); no LoRA.
 
     Returns:
         ``out_dir`` as a ``Path``.
