@@ -135,6 +135,8 @@ class StageSettings:
         lr, lr_scale: the learning rate (absolute, or a multiple of the run's) while the stage lasts; the loop
             saves the run's and restores it once a stage sets neither.
         stop: end the run before this step (a finished curriculum).
+        reset_reference: the frozen KL reference takes the policy's current weights before this step (an RL stage
+            after a warm start: the anchor is the warmed policy, as when RL starts from an SFT checkpoint).
     """
 
     sampling: Mapping[str, Any] | None = None
@@ -144,6 +146,7 @@ class StageSettings:
     lr: float | None = None
     lr_scale: float | None = None
     stop: bool = False
+    reset_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,14 @@ class Hook:
         max_tries: prompt draws per step the loop may make to refill dropped groups (the largest wins).
         needs_old_logprobs: the hook reads ``rollout.old_logprobs`` (the loop then scores them).
         needs_reference: the run needs the frozen reference policy even without a KL term (a DPO stage).
+        resets_reference: the hook's stage settings may reset the reference to the policy (refused under LoRA).
     """
 
     order: int = 0
     max_tries: int = 1
     needs_old_logprobs: bool = False
     needs_reference: bool = False
+    resets_reference: bool = False
 
     @staticmethod
     def check(cfg: Any, path: str) -> None:
@@ -245,6 +250,10 @@ class HookSet:
     @property
     def needs_reference(self) -> bool:
         return any(h.needs_reference for h in self.hooks)
+
+    @property
+    def resets_reference(self) -> bool:
+        return any(h.resets_reference for h in self.hooks)
 
     def on_step_start(self, ctx: StepContext) -> list[StageSettings]:
         return [s for h in self.hooks if (s := h.on_step_start(ctx)) is not None]

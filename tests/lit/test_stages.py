@@ -43,6 +43,11 @@ class FakeModule:
         self.logged: list[tuple[str, float]] = []
         self.stopped = False
         self._opt = SimpleNamespace(param_groups=[{"lr": 0.1}])
+        self.reference_resets: list[int] = []  # the steps at which the loop reset the KL reference
+        self.step = 0
+
+    def reset_reference(self):
+        self.reference_resets.append(self.step)
 
     def optimizers(self):
         return self._opt
@@ -66,6 +71,7 @@ class FakeModule:
 
     def start_step(self, scheduler: StageScheduler, step: int) -> bool:
         """The loop's step start; False when the curriculum ended the run."""
+        self.step = step
         self.settings.apply([], self)
         self.stopped = self.settings.apply([scheduler.on_step_start(self.context(step))], self)
         return not self.stopped
@@ -194,6 +200,21 @@ def test_a_resume_switches_on_the_same_step_with_the_metrics_the_loop_restores()
     assert run(blind, FakeModule(), 1, start=2) == [0]  # without them the rule could not fire: the loop must
 
 
+def test_a_stage_resets_the_reference_once_on_its_first_step_and_a_resume_inside_it_does_not_again():
+    def curriculum():
+        b = Stage(after_steps=2, reset_reference=True)
+        return StageScheduler({"a": Stage(after_steps=1), "b": b, "c": Stage()})
+
+    module, sched = FakeModule(), curriculum()
+    assert sched.resets_reference and not StageScheduler([Stage()]).resets_reference
+    assert run(sched, module, 5) == [0, 1, 1, 2, 2]
+    assert module.reference_resets == [1]  # b's first step only (steps 1 and 2 are b's)
+    first, later, resumed = curriculum(), curriculum(), FakeModule()
+    run(first, FakeModule(), 2)  # stopped after b's first step: the checkpoint holds the reset reference
+    later.load_state_dict(first.state_dict())
+    assert run(later, resumed, 3, start=2) == [1, 2, 2] and resumed.reference_resets == []
+
+
 def test_the_last_rule_ends_the_run():
     module = FakeModule()
     sched = StageScheduler({"a": Stage(after_steps=1), "b": Stage(after_steps=2)})
@@ -222,6 +243,7 @@ def test_invalid_curricula_are_rejected(stages, match):
         ({"kind": "sft", "lr": 1e-5, "lr_scale": 0.2}, "not both"),
         ({"kind": "ppo"}, "kind must be"),
         ({"metric": {"name": "m", "threshold": 1.0, "mode": "over"}}, "mode"),
+        ({"kind": "sft", "reset_reference": True}, "reset_reference is for kind=rl"),
     ],
 )
 def test_invalid_stages_are_rejected(kwargs, match):

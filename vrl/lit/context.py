@@ -84,7 +84,8 @@ class RunSettings:
         self.saved_lrs: list[float] | None = None
 
     def apply(self, stages: list[StageSettings], module: Any) -> bool:
-        """Set the module's sampler, objective temperature, batch size, reward, prompts and lr for this step.
+        """Set the module's sampler, objective temperature, batch size, reward, prompts and lr for this step (and
+        reset its KL reference to the policy when a stage asks).
 
         Returns:
             True when a stage asked the run to stop.
@@ -103,6 +104,8 @@ class RunSettings:
         module.reward = chosen["reward"] or base["reward"]
         module.prompts = chosen["prompts"] or base["prompts"]
         self._apply_lr(module.optimizers().param_groups, lr, lr_scale)
+        if any(s.reset_reference for s in stages):
+            module.reset_reference()
         return any(s.stop for s in stages)
 
     def _apply_lr(self, groups: list[dict], lr: float | None, lr_scale: float | None) -> None:

@@ -118,6 +118,7 @@ class RLModule(L.LightningModule):
         # the frozen KL reference (built in setup): a registered submodule, so Lightning puts it on the device and
         # DDP/FSDP see it like the policy; checkpoints leave it out (on_save_checkpoint keeps trainable weights)
         self.reference: torch.nn.Module | None = None
+        self.reference_was_reset = False  # a stage reset it to the policy: checkpoints then carry it
         self.judges: torch.nn.ModuleDict | None = None  # judges' own models, registered like the reference (attach)
         self.rollout_logger: Callable[[Rollout, int], None] | None = None
 
@@ -134,6 +135,11 @@ class RLModule(L.LightningModule):
             self.settings = RunSettings(self.sampler, self.batch_size, self.reward, self.prompts)
         self.objective.suppress_ids = suppressed_token_ids(self.vlm.processor.tokenizer)
         needs_ref = (self.objective.kl is not None and self.objective.kl.coef > 0) or self.hooks.needs_reference
+        if getattr(self.vlm, "is_lora", False) and self.hooks.resets_reference:
+            raise ValueError(
+                "curriculum: a stage sets reset_reference, but under LoRA the KL reference is the adapter-off base "
+                "(it cannot take the policy's weights); drop reset_reference or train without LoRA (model.lora.r=0)"
+            )
         if needs_ref and self.reference is None and not getattr(self.vlm, "is_lora", False):
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)  # LoRA: the adapter-off policy
         if self.judges is None:  # judges' models (in rewards, hooks, advantage) join the module; policy judges bind
@@ -293,9 +299,21 @@ class RLModule(L.LightningModule):
         for name, (mean, count) in source_means(rollout.samples, rewards, components, keys).items():
             self.log(name, mean, on_epoch=True, batch_size=count)  # no sync_dist: ranks may see different sources
 
+    @torch.no_grad()
+    def reset_reference(self) -> None:
+        """The frozen KL reference takes the policy's current weights (a stage's ``reset_reference``); no-op without
+        a reference (no KL term). From then on checkpoints carry the reference, which can no longer be rebuilt."""
+        if self.reference is None:
+            return
+        for ref, param in zip(self.reference.parameters(), self.policy.parameters(), strict=True):
+            ref.copy_(param)  # same module tree (a deep copy), same sharding under FSDP2
+        self.reference_was_reset = True
+
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}  # frozen weights are rebuilt
+        if self.reference_was_reset:  # ... except a reference reset to the policy mid-run
+            trainable |= {n for n, _ in self.named_parameters() if n.startswith("reference.")}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         # Lightning calls this on every rank and rank 0 writes: under DDP every rank's loop state (its prompt
         # position, hook state, RNG) travels, each rank restoring its own (vrl.lit.checkpoint.restore_loop_state)
@@ -304,6 +322,7 @@ class RLModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_state = checkpoint.get("vrl", {})
+        self.reference_was_reset = any(k.startswith("reference.") for k in checkpoint.get("state_dict", {}))
 
     def on_train_start(self) -> None:
         # Restored here rather than in on_load_checkpoint: setup() (which builds the prompt stream) runs after

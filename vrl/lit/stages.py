@@ -96,6 +96,10 @@ class Stage:
             with ``build(ctx, data, indices) -> ([(index, response[, prompt])], stats)``; a response may be a list
             of turns, texts or token ids: a multi-turn item, :mod:`vrl.lit.sft_turns`).
         preference: DPO only: the pairs and the loss (:class:`vrl.lit.preference.PreferenceSettings`).
+        reset_reference: RL only: at the stage's first step the frozen KL reference takes the policy's weights, so
+            RL after a warm start is anchored to the warmed policy, not the random or base one it started from
+            (a KL term pulling back to the start would undo the warm start). Not with LoRA (the reference is the
+            adapter-off base).
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Stage:
         metric: MetricRule | Mapping[str, Any] | None = None,
         rejection: RejectionSampling | Mapping[str, Any] | None = None,
         preference: PreferenceSettings | Mapping[str, Any] | None = None,
+        reset_reference: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"stage {name!r}: kind must be one of {KINDS}, got {kind!r}")
@@ -135,6 +140,7 @@ class Stage:
         if isinstance(preference, Mapping):
             preference = PreferenceSettings(**preference)
         self.preference = preference if preference is not None or kind != "dpo" else PreferenceSettings()
+        self.reset_reference = bool(reset_reference)
         self._validate()
 
     def _validate(self) -> None:
@@ -146,6 +152,8 @@ class Stage:
             raise ValueError(f"{where}: after_steps and epochs must be >= 1")
         if self.kind == "rl" and (self.lr is not None or self.lr_scale is not None):
             raise ValueError(f"{where}: lr and lr_scale are for kind=sft/dpo (RL uses the run's optimizer)")
+        if self.kind != "rl" and self.reset_reference:
+            raise ValueError(f"{where}: reset_reference is for kind=rl (the reference anchors RL's KL term)")
         if (self.kind != "sft" and self.rejection is not None) or (self.kind != "dpo" and self.preference is not None):
             raise ValueError(f"{where}: rejection is for kind=sft, preference for kind=dpo")
         if self.lr is not None and self.lr_scale is not None:
@@ -198,6 +206,7 @@ class StageScheduler(Hook):
             raise ValueError(f"curriculum: stage names must be unique, got {[s.name for s in self.stages]}")
         self.order, self.stop_at_end = order, stop_at_end
         self.needs_reference = any(s.kind == "dpo" for s in self.stages)  # the loop then builds the reference
+        self.resets_reference = any(s.reset_reference for s in self.stages)
         self.index, self.steps_in_stage, self.done = 0, 0, False
         self.kept: dict[int, list] = {}  # sft: (index, response[, prompt]); dpo: pair records
         self._sources: dict[int, PromptSource] = {}
@@ -291,6 +300,7 @@ class StageScheduler(Hook):
             prompts=self._stage_source(ctx) if stage.kind == "rl" else None,
             lr=stage.lr,
             lr_scale=stage.lr_scale,
+            reset_reference=stage.reset_reference and self.steps_in_stage == 1,
         )
 
     def _reward(self, index: int, ctx: StepContext) -> Any:
