@@ -56,10 +56,10 @@ ARMS: dict[str, dict[str, dict[str, str]]] = {
     "perception_r1": {"visual": {"reward.visual.weight": "0.7"}, "no_visual": {"reward.visual.weight": "0"}},
     "curriculum": {"curriculum": {"+curriculum": "testbed_difficulty"}, "shuffled": {"+curriculum": "none"}},
     "rewardmap": {
-        "staged_detail": {"curriculum": "rewardmap", "reward.rewardmap.detail_coef": "0.5"},
-        "staged_sparse": {"curriculum": "rewardmap", "reward.rewardmap.detail_coef": "0"},
-        "shuffled_detail": {"curriculum": "none", "reward.rewardmap.detail_coef": "0.5"},
-        "shuffled_sparse": {"curriculum": "none", "reward.rewardmap.detail_coef": "0"},
+        "staged_detail": {"curriculum": "rewardmap_warm", "reward.rewardmap.detail_coef": "0.5"},
+        "staged_sparse": {"curriculum": "rewardmap_warm", "reward.rewardmap.detail_coef": "0"},
+        "shuffled_detail": {"curriculum": "transit_warm", "reward.rewardmap.detail_coef": "0.5"},
+        "shuffled_sparse": {"curriculum": "transit_warm", "reward.rewardmap.detail_coef": "0"},
     },
 }
 #: sweep -> (baseline arm, compared arm) pairs; the difference is compared - baseline.

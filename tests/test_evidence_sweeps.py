@@ -53,9 +53,14 @@ def test_every_job_of_the_sweep_composes_validates_and_is_an_arm_of_the_runner(c
         matched = [a for a, runs in runner.arm_runs([run], runner.ARMS[name]).items() if runs]
         assert len(matched) == 1, (overrides, matched)
     if name == "rewardmap":  # tiny maps in the run's data and in every stage of the staged arm
-        cfg = compose([j for j in jobs if "curriculum=rewardmap" in j][0])  # resolved: no run starts
+        cfg = compose([j for j in jobs if "curriculum=rewardmap_warm" in j][0])  # resolved: no run starts
         assert cfg.data.train.difficulties == ["tiny"]
-        assert cfg.hooks.curriculum.stages.planning.data.difficulties == ["tiny"]
+        stages = cfg.hooks.curriculum.stages
+        assert stages.planning.data.difficulties == stages.warm.data.difficulties == ["tiny"]
+        # the warm start comes first, on other rows than RL's; RL is anchored to the warmed policy
+        order = [k for k, v in stages.items() if v is not None]
+        assert order == ["warm", "tf", "count_lines", "count_stops", "planning"]
+        assert stages.warm.data.split == "warm" and stages.tf.reset_reference
         from hydra.utils import instantiate
 
         from vrl.data.transit import build_transit_maps
@@ -125,7 +130,7 @@ def test_runner_runs_chosen_arms_one_multirun_each(tmp_path):
     assert f"hydra.sweep.dir={tmp_path.resolve() / 'rewardmap.staged_sparse'}" in cmd
     # the sweep's method comes first: its preset adds the curriculum group and the reward.rewardmap keys
     picked = cmd[cmd.index("+method=rewardmap") :]
-    assert picked[:3] == ["+method=rewardmap", "curriculum=rewardmap", "reward.rewardmap.detail_coef=0"]
+    assert picked[:3] == ["+method=rewardmap", "curriculum=rewardmap_warm", "reward.rewardmap.detail_coef=0"]
     args.arms = None
     (whole,) = runner.commands("rewardmap", args)
     assert not any(c.startswith("curriculum=") for c in whole)

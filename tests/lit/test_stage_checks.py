@@ -55,3 +55,19 @@ def test_a_cold_policy_is_noted_not_warned(compose, tiny_overrides, caplog):
     assert check.results["a"]["spread"] == check.results["b"]["spread"] == 0.0  # stages=last still measured the first
     messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("curriculum:")]
     assert [lvl for lvl, _ in messages] == [logging.INFO] and "cold start" in messages[0][1]
+
+
+def test_a_curriculum_that_starts_with_a_warm_start_is_not_checked(caplog):
+    # RL meets the policy the SFT stage leaves, not the starting one: sampling the starting policy would say nothing
+    # (module and trainer are None: a check that measured anything would fail on them)
+    from vrl.lit.sft import TemplateTargets
+    from vrl.lit.stages import Stage, StageScheduler
+
+    warm = Stage(kind="sft", after_steps=2, rejection=TemplateTargets("{answer}"))
+    sched = StageScheduler({"warm": warm, "rl": Stage()})
+    check = CurriculumCheck(stages="all")
+    with caplog.at_level(logging.INFO, logger="vrl"):
+        check.check(None, None, sched)
+    assert check.results == {}
+    (message,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("curriculum:")]
+    assert "no reward-signal check" in message and "'warm' (sft)" in message and "'rl'" in message

@@ -8,7 +8,8 @@ measures it once, before the first step: the initial policy samples G responses 
 the stage's data, with the stage's sampling settings and reward, and when no group has two different rewards while
 the first RL stage does have a spread, it warns (and tags the MLflow run ``curriculum/zero_signal_stage``). When the
 first stage has none either (a cold policy: every stage scores 0 at the start) it only notes that at info level. It
-is a warning, not an error: earlier stages may teach what the last one needs; the check says that they must.
+is a warning, not an error: earlier stages may teach what the last one needs; the check says that they must. A
+curriculum that starts with an SFT or DPO stage (a warm start) is not checked: RL meets the warmed policy, not this one.
 
 Why a callback: it reads the curriculum hook and the module and writes only a log line and a tag; it draws its
 samples under a forked RNG so the run's numbers do not depend on it. Rank 0, fresh runs only (a resumed run was
@@ -83,6 +84,15 @@ class CurriculumCheck(Callback):
 
     def check(self, trainer: Any, module: Any, scheduler: StageScheduler) -> None:
         rl = [i for i, s in enumerate(scheduler.stages) if s.kind == "rl"]
+        if rl and rl[0] > 0:  # a warm start (SFT/DPO) comes first: the starting policy is not the one RL meets
+            log.info(
+                "curriculum: no reward-signal check at start: stage %r (%s) trains the policy before the first RL "
+                "stage %r; read that stage's reward spread in the run's metrics",
+                scheduler.stages[0].name,
+                scheduler.stages[0].kind,
+                scheduler.stages[rl[0]].name,
+            )
+            return
         chosen = rl[-1:] if self.stages == "last" else rl
         for index in chosen:
             found = self._measure(module, scheduler, index)
