@@ -137,6 +137,26 @@ def test_sampled_maps_are_connected_and_grow_with_difficulty(difficulty):
         assert max(n for _, n in sizes) <= 9 and all(len(s) <= 3 for s in tmap.lines.values())
 
 
+def test_tiny_station_names_come_from_the_pool_and_are_single_tokens_of_a_transit_tokenizer():
+    from vrl.data.tasks import corpus
+    from vrl.data.transit import single_token_words
+    from vrl.data.transit_render import TINY_STATIONS
+    from vrl.models.tiny import build_tiny_tokenizer
+
+    names = set()
+    for seed in range(30):
+        tmap = sample_map(random.Random(seed), "tiny")
+        assert set(tmap.stations()) <= set(TINY_STATIONS) and len(set(tmap.stations())) == len(tmap.stations())
+        names |= set(tmap.stations())
+    assert len(names) > 12  # drawn across the pool of 16, not a fixed few
+    assert not set(sample_map(random.Random(0), "easy").stations()) <= set(TINY_STATIONS)  # other levels: syllables
+    tok = build_tiny_tokenizer(corpus(), single_token_words())
+    for name in TINY_STATIONS:  # the endpoint is one token after "Stop:" and after "from" in the question
+        assert len(tok(" " + name)["input_ids"]) == 1 == len(tok(name)["input_ids"]), name
+    # "Route Name: Red Line\nDeparture Stop: Bilo\nArrival Stop: Kamor": 3 lines of 1-2 word tokens + ":" + "\n"
+    assert len(tok("Route Name: Red Line\nDeparture Stop: Bilo\nArrival Stop: Kamor")["input_ids"]) <= 16
+
+
 @pytest.fixture(scope="module")
 def mixed():
     return build_transit_maps(num_samples=48, seed=3)

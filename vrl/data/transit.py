@@ -42,7 +42,16 @@ import datasets
 from vrl.data.synthetic import FEATURES as SCHEMA
 from vrl.data.synthetic import PROGRESS_MIN_ROWS, SyntheticStream
 from vrl.data.tasks import row_rng
-from vrl.data.transit_render import DIFFICULTIES, LEVEL_NAMES, TransitMap, render_map, sample_map
+from vrl.data.tasks import single_token_words as task_words
+from vrl.data.transit_render import (
+    DIFFICULTIES,
+    LEVEL_NAMES,
+    LINE_COLORS,
+    TINY_STATIONS,
+    TransitMap,
+    render_map,
+    sample_map,
+)
 from vrl.data.transit_route import format_route, plan_route
 
 #: Question types, as in ReasonMap-Plus's ``type`` (plus ReasonMap's ``planning``).
@@ -177,6 +186,14 @@ ASK = {
     "Counting3": ask_counting3,
     "planning": ask_planning,
 }
+
+
+def single_token_words() -> list[str]:
+    """Words a tiny tokenizer should make single tokens for transit runs (``model.tiny_single_tokens``): the
+    synthetic tasks' words, ``tiny`` maps' station names, line colours and the route format's words. A route
+    answer is then ~15 tokens and each endpoint one token to copy from the question."""
+    route = ["Route", "Name", "Departure", "Arrival", "Stop", "Line", "yes", "no", "Plan", "route", "from", "to"]
+    return list(dict.fromkeys([*task_words(), *TINY_STATIONS, *LINE_COLORS, *route]))
 
 
 def resolve_question_types(names: Sequence[str]) -> tuple[str, ...]:

@@ -8,7 +8,8 @@ so the network is connected and every pair of stations has a route.
 
 Rendering: lines are thick coloured polylines, ordinary stations white dots ringed in their line's colour,
 transfer stations larger white dots ringed in black, every station labelled with its name, and a legend
-maps colours to line names. Station names are short syllable pairs (``Kamor``) so labels fit at 224 px.
+maps colours to line names. Station names are short syllable pairs (``Kamor``) so labels fit at 224 px; ``tiny``
+maps draw theirs from a fixed pool of 16 (:data:`TINY_STATIONS`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ LINE_COLORS: dict[str, tuple[int, int, int]] = {
     "Pink": (230, 90, 170),
     "Teal": (20, 150, 150),
 }
+#: Station names of ``tiny`` maps: a fixed pool, so a tiny tokenizer can make each name one token
+#: (:func:`vrl.data.transit.single_token_words`) and a route's endpoints are one token to copy from the question.
+TINY_STATIONS = ("Bilo", "Desan", "Furar", "Gemin", "Hulas", "Kamor", "Kugun", "Lirpo",
+                 "Monet", "Nadir", "Pastul", "Rergo", "Sivan", "Tovel", "Vunor", "Zelda")  # fmt: skip
 _ONSETS = "bdfghklmnprstvz"
 _VOWELS = "aeiou"
 _CODAS = ["", "", "n", "r", "l", "s"]
@@ -161,12 +166,16 @@ def _walk(rng: random.Random, grid: int, length: int) -> list[tuple[int, int]]:
 
 
 def _name_map(rng: random.Random, paths: list[list[tuple[int, int]]], grid: int, difficulty: str) -> TransitMap:
+    nodes = sorted({n for p in paths for n in p})
     names: dict[tuple[int, int], str] = {}
-    for node in sorted({n for p in paths for n in p}):
-        name = station_name(rng)
-        while name in names.values():
+    if difficulty == "tiny":  # at most 9 stations: distinct names from the pool
+        names = dict(zip(nodes, rng.sample(TINY_STATIONS, len(nodes))))
+    else:
+        for node in nodes:
             name = station_name(rng)
-        names[node] = name
+            while name in names.values():
+                name = station_name(rng)
+            names[node] = name
     colors = rng.sample(sorted(LINE_COLORS), len(paths))
     lines = {f"{c} Line": [names[n] for n in p] for c, p in zip(colors, paths)}
     return TransitMap(lines, {f"{c} Line": c for c in colors}, {v: k for k, v in names.items()}, grid, difficulty)
