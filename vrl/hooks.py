@@ -181,6 +181,9 @@ class Hook:
         needs_old_logprobs: the hook reads ``rollout.old_logprobs`` (the loop then scores them).
         needs_reference: the run needs the frozen reference policy even without a KL term (a DPO stage).
         resets_reference: the hook's stage settings may reset the reference to the policy (refused under LoRA).
+        rank_dependent_forwards: the hook runs policy forwards whose number depends on its rank's rollout (a loop
+            over ``ctx.logits`` per micro-batch). Under FSDP on several ranks each forward is a collective, so
+            unequal counts hang: such a run is refused at start (``vrl.lit.fsdp.refuse_unsynced``).
     """
 
     order: int = 0
@@ -188,6 +191,7 @@ class Hook:
     needs_old_logprobs: bool = False
     needs_reference: bool = False
     resets_reference: bool = False
+    rank_dependent_forwards: bool = False
 
     @staticmethod
     def check(cfg: Any, path: str) -> None:

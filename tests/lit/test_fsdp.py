@@ -115,3 +115,11 @@ def test_what_is_not_lock_step_yet_is_refused_at_start():
         refuse_unsynced(SimpleNamespace(**{**vars(module), "sampler": MultiTurnSampler()}))
     with pytest.raises(ConfigError, match=r"reward\.judge judges with the policy"):
         refuse_unsynced(SimpleNamespace(**{**vars(module), "reward": {"judge": PolicyJudge()}}))
+    from vrl.methods.entropy_focus import EntropyFocus
+    from vrl.methods.vppo import VPPO
+
+    refuse_unsynced(SimpleNamespace(**{**vars(module), "hooks": HookSet({"vppo": VPPO(None)})}))  # k3_sampled: fine
+    for name, hook in (("vppo", VPPO(None, dependency="exact_kl")), ("vppo", VPPO(None, entropy_rho=0.2)),
+                       ("entropy_focus", EntropyFocus())):  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"hooks\.{name} runs one policy forward per micro-batch"):
+            refuse_unsynced(SimpleNamespace(**{**vars(module), "hooks": HookSet({name: hook})}))

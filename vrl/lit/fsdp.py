@@ -93,7 +93,9 @@ def shard_modules(module: Any) -> list[str]:
 def refuse_unsynced(module: Any) -> None:
     """Stop at start, with the reason, where the policy would run a rank-dependent number of forwards that the loop
     does not pad yet (README 'FSDP'): the multi-turn sampler (as many generate calls as turns, which differ by
-    rank) and a judge that uses the policy (as many generate calls as its rank has items to judge)."""
+    rank), a judge that uses the policy (as many generate calls as its rank has items to judge) and a hook that
+    loops over ``ctx.logits`` per micro-batch (``Hook.rank_dependent_forwards``: VPPO's ``exact_kl`` and
+    ``entropy_rho``, entropy_focus)."""
     from vrl.errors import ConfigError
     from vrl.lit.attach import find_models
     from vrl.sampler.multi_turn import MultiTurnSampler
@@ -106,6 +108,14 @@ def refuse_unsynced(module: Any) -> None:
         raise ConfigError(
             f"trainer=fsdp on more than one device: {bound[0]} judges with the policy, whose generate calls are not "
             "lock-step yet; use a judge with a model of its own"
+        )
+    hooks = getattr(module.hooks, "hooks", [])
+    looping = [name for name, h in zip(getattr(module.hooks, "names", []), hooks) if h.rank_dependent_forwards]
+    if looping:
+        raise ConfigError(
+            f"trainer=fsdp on more than one device: hooks.{looping[0]} runs one policy forward per micro-batch of its "
+            "rank's rollout, and ranks with different counts would hang (e.g. VPPO's dependency=exact_kl or "
+            "entropy_rho); use the default k3_sampled dependency and entropy_rho=null, or trainer=ddp"
         )
 
 

@@ -68,6 +68,8 @@ class EntropyFocus(Hook):
         order: hook order; its token weights multiply with other hooks' (an AND of masks).
     """
 
+    rank_dependent_forwards = True  # token_entropy loops over ctx.logits (refused on several FSDP ranks)
+
     def __init__(self, rho: float = 0.2, scope: str = "batch", order: int = 35) -> None:
         if not 0 < rho <= 1:
             raise ValueError(f"hooks.entropy_focus.rho must be in (0, 1], got {rho}")

@@ -175,6 +175,8 @@ class VPPO(Hook):
         self.entropy_rho = entropy_rho
         # with the paired pass, old log-probs come from extra_pass itself (the loop skips its own pass)
         self.needs_old_logprobs = not paired_pass or dependency == "exact_kl"
+        # both loop over ctx.logits per micro-batch of this rank's rollout (refused on several FSDP ranks)
+        self.rank_dependent_forwards = dependency == "exact_kl" or entropy_rho is not None
 
     # H7: the perturbed teacher-forced pass -------------------------------------------------------------
     def extra_pass(self, rollout: Rollout, ctx: StepContext) -> PassResult:
