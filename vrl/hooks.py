@@ -22,7 +22,8 @@ advantage factor (order 20) and VPPO's (30) multiply.
 
 What the loop reads of a hook is declared on :class:`Hook`: ``order``, ``max_tries`` (prompt draws per step
 the loop may make to refill filtered groups), ``needs_old_logprobs``, ``needs_reference``,
-``resets_reference``, ``rank_dependent_forwards`` and ``check(cfg, path)`` (the method's own cross-group config rules, run by ``vrl.validate`` before anything is built).
+``resets_reference``, ``rank_dependent_forwards`` and ``check(cfg, path)`` (the method's own cross-group config
+rules, run by ``vrl.validate`` before anything is built).
 """
 
 from __future__ import annotations
