@@ -167,10 +167,10 @@ def _walk(rng: random.Random, grid: int, length: int) -> list[tuple[int, int]]:
 
 def _name_map(rng: random.Random, paths: list[list[tuple[int, int]]], grid: int, difficulty: str) -> TransitMap:
     nodes = sorted({n for p in paths for n in p})
-    names: dict[tuple[int, int], str] = {}
     if difficulty == "tiny":  # at most 9 stations: distinct names from the pool
         names = dict(zip(nodes, rng.sample(TINY_STATIONS, len(nodes))))
     else:
+        names: dict[tuple[int, int], str] = {}
         for node in nodes:
             name = station_name(rng)
             while name in names.values():

@@ -109,8 +109,7 @@ def refuse_unsynced(module: Any) -> None:
             f"trainer=fsdp on more than one device: {bound[0]} judges with the policy, whose generate calls are not "
             "lock-step yet; use a judge with a model of its own"
         )
-    hooks = getattr(module.hooks, "hooks", [])
-    looping = [name for name, h in zip(getattr(module.hooks, "names", []), hooks) if h.rank_dependent_forwards]
+    looping = [name for name, h in zip(module.hooks.names, module.hooks.hooks) if h.rank_dependent_forwards]
     if looping:
         raise ConfigError(
             f"trainer=fsdp on more than one device: hooks.{looping[0]} runs one policy forward per micro-batch of its "
